@@ -1,0 +1,3 @@
+"""sparsecircuits: train weight-sparse transformers on Python code and extract their circuits."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from sparsecircuits.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The `sparsecircuits` command. Each subcommand lives beside the code it drives; this file only wires them."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from sparsecircuits import __version__
+from sparsecircuits.errors import UserError
+
+# (module, attribute) of each click command, imported lazily so `--help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("sparsecircuits.data.commands", "data"),
+    "train": ("sparsecircuits.train.commands", "train"),
+    "sample": ("sparsecircuits.train.commands", "sample"),
+    "tasks": ("sparsecircuits.tasks.commands", "tasks"),
+    "eval": ("sparsecircuits.tasks.commands", "eval_cmd"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sparsecircuits")
+def cli() -> None:
+    """Train weight-sparse transformers on Python code and extract the circuits they use."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a UserError becomes one line on stderr and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="sparsecircuits", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,73 @@
+"""The `sparsecircuits data` command group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def data() -> None:
+    """Build tokenized datasets of Python code."""
+
+
+@data.command()
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Directory or .py file to read (repeatable). Default: the running Python's standard library.",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dataset directory.")
+@click.option(
+    "--vocab-size", default=2048, show_default=True, help="BPE vocabulary size (the paper's is 2048)."
+)
+@click.option(
+    "--synthetic",
+    "synthetic_mb",
+    default=0.0,
+    show_default=True,
+    help="Megabytes of generated simple-idiom Python to mix in.",
+)
+@click.option("--val-fraction", default=0.02, show_default=True, help="Fraction of files for validation.")
+@click.option("--hf-dataset", default=None, help="A Hugging Face dataset name or local parquet/jsonl path.")
+@click.option(
+    "--column", "hf_column", default="content", show_default=True, help="Text column of --hf-dataset."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic generator.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def build(
+    sources, out, vocab_size, synthetic_mb, val_fraction, hf_dataset, hf_column, seed, force, quiet
+) -> None:
+    """Walk the sources, train the tokenizer and write train.bin / val.bin / meta.json."""
+    from sparsecircuits.data.build import BuildConfig, build_dataset
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.tasks.tokens import REQUIRED_TOKENS
+
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    if synthetic_mb < 0:
+        raise UserError("--synthetic must be >= 0")
+    cfg = BuildConfig(
+        out=out,
+        sources=list(sources),
+        vocab_size=vocab_size,
+        val_fraction=val_fraction,
+        synthetic_mb=synthetic_mb,
+        seed=seed,
+        hf_dataset=hf_dataset,
+        hf_column=hf_column,
+        required_tokens=REQUIRED_TOKENS,
+        force=force,
+        progress=not quiet,
+    )
+    meta = build_dataset(cfg)
+    t = meta["tokens"]
+    click.echo(
+        f"wrote {out}: {meta['documents']['train']} + {meta['documents']['val']} documents, "
+        f"{t['train']:,} train / {t['val']:,} val tokens, vocab {meta['vocab_size']}, "
+        f"skipped {sum(meta['skipped'].values())} files, {meta['seconds']['total']:.1f} s"
+    )
