@@ -1,0 +1,15 @@
+"""The sparse GPT: config, the one forward pass with hook points, and AbsTopK."""
+
+from sparsecircuits.model.abstopk import abstopk, abstopk_reference
+from sparsecircuits.model.config import NODE_LOCATIONS, ModelConfig
+from sparsecircuits.model.gpt import GPT, LAYER_HOOKS, attention_probs
+
+__all__ = [
+    "GPT",
+    "LAYER_HOOKS",
+    "NODE_LOCATIONS",
+    "ModelConfig",
+    "abstopk",
+    "abstopk_reference",
+    "attention_probs",
+]

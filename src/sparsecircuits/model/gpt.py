@@ -1,0 +1,339 @@
+"""The one GPT forward pass (PAPER.md 2), with a named hook point at every node location.
+
+Per layer l the forward visits these hook points, in order:
+
+    {l}.resid_in           residual stream entering the block                  [B, T, d_model]
+    {l}.attn.act_in        RMSNorm(resid) (+ positions) -> AbsTopK             [B, T, d_in]
+    {l}.attn.q / .k / .v   c_attn split -> AbsTopK over all heads, flat        [B, T, n_head * d_head]
+    {l}.attn.pattern       causal attention probabilities                      [B, n_head, T, T]
+    {l}.attn.resid_delta   c_proj -> AbsTopK, then added to the residual       [B, T, d_model]
+    {l}.resid_mid          residual stream between attention and MLP           [B, T, d_model]
+    {l}.mlp.act_in         RMSNorm(resid) (+ positions) -> AbsTopK             [B, T, d_in]
+    {l}.mlp.post_act       c_fc -> GELU/ReLU -> AbsTopK                        [B, T, d_mlp]
+    {l}.mlp.resid_delta    c_proj -> AbsTopK, then added to the residual       [B, T, d_model]
+
+then `final_resid` (before ln_f, [B, T, d_model]) and `logits` ([B, T, vocab], float32). Each hook
+sees the value after AbsTopK, so masks and mean ablation act on node values. Flat q/k/v index is
+head * d_head + channel.
+
+Parameter names follow DESIGN.md (the authors' state dict). With pos_emb == "concat" each block
+also has `ln_p1.weight` and `ln_p2.weight` [d_pos_emb]: the RMSNorms of the position channels that
+are appended to the attention and MLP inputs (names as in the authors' code). With tied_unembed
+there is no `lm_head.weight`; the unembedding is `transformer.wte.weight`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparsecircuits.errors import UserError
+from sparsecircuits.model.abstopk import abstopk
+from sparsecircuits.model.config import NODE_LOCATIONS, ModelConfig
+
+HookFn = Callable[[Tensor], "Tensor | None"]
+
+# Hook points inside one layer, in forward order.
+LAYER_HOOKS: tuple[str, ...] = (
+    "resid_in",
+    "attn.act_in",
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.pattern",
+    "attn.resid_delta",
+    "resid_mid",
+    "mlp.act_in",
+    "mlp.post_act",
+    "mlp.resid_delta",
+)
+FINAL_HOOKS: tuple[str, ...] = ("final_resid", "logits")
+
+
+class _HookScope:
+    """Runs the installed hook fns for the names under one prefix ("3." for layer 3, "" at the top)."""
+
+    def __init__(self, table: dict[str, list[HookFn]], prefix: str):
+        self.table = table
+        self.prefix = prefix
+
+    def has(self, name: str) -> bool:
+        return bool(self.table.get(self.prefix + name))
+
+    def __call__(self, name: str, x: Tensor) -> Tensor:
+        for fn in self.table.get(self.prefix + name, ()):
+            out = fn(x)
+            if out is not None:
+                x = out
+        return x
+
+
+def _sparsify(x: Tensor, k: int | None) -> Tensor:
+    return x if k is None else abstopk(x, k)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a weight and no bias (zero keeps its meaning in the residual stream)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if hasattr(F, "rms_norm"):
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class AttentionSink(nn.Module):
+    """Holds the per-head sink logit b_h; named `attn_imp` to match the authors' state dict."""
+
+    def __init__(self, n_head: int):
+        super().__init__()
+        self.sink_logit = nn.Parameter(torch.zeros(n_head))
+
+
+def attention_probs(q: Tensor, k: Tensor, sink_logit: Tensor | None = None) -> Tensor:
+    """Causal softmax attention probabilities, optionally with a sink slot of value zero.
+
+    q, k: [B, H, T, d_head]; sink_logit: [H] or None. Returns float32 [B, H, T, T] where
+    a(t, s) = exp(score) / (exp(b_h) + sum_{s' <= t} exp(score)), so rows sum to less than 1 with a sink.
+    """
+    T = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    if sink_logit is None:
+        return scores.softmax(dim=-1)
+    # A constant column b_h in front of the scores; dropping it after the softmax is the same as
+    # attending to an always-visible slot whose value vector is zero.
+    sink = sink_logit.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+    return torch.cat([sink, scores], dim=-1).softmax(dim=-1)[..., 1:]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.d_head = cfg.n_head, cfg.d_head
+        self.c_attn = nn.Linear(cfg.d_in, 3 * cfg.d_attn, bias=cfg.bias)  # rows: q, then k, then v
+        self.c_proj = nn.Linear(cfg.d_attn, cfg.d_model, bias=cfg.bias)
+        self.attn_imp = AttentionSink(cfg.n_head) if cfg.sink else None
+        self.topk = {loc: cfg.topk_k(f"attn.{loc}") for loc in ("act_in", "q", "k", "v", "resid_delta")}
+
+    def forward(self, x: Tensor, hook: _HookScope) -> Tensor:
+        """x: normalised input [B, T, d_in] -> residual write [B, T, d_model]."""
+        x = hook("attn.act_in", _sparsify(x, self.topk["act_in"]))
+        q, k, v = self.c_attn(x).split(self.n_head * self.d_head, dim=-1)
+        q = hook("attn.q", _sparsify(q, self.topk["q"]))
+        k = hook("attn.k", _sparsify(k, self.topk["k"]))
+        v = hook("attn.v", _sparsify(v, self.topk["v"]))
+        y = self._attend(q, k, v, hook)
+        return hook("attn.resid_delta", _sparsify(self.c_proj(y), self.topk["resid_delta"]))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, hook: _HookScope) -> Tensor:
+        """Flat q, k, v [B, T, H * d_head] -> per-head outputs side by side [B, T, H * d_head]."""
+        B, T, _ = q.shape
+        q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))
+        sink = None if self.attn_imp is None else self.attn_imp.sink_logit
+        if sink is None and not hook.has("attn.pattern"):
+            y = self._sdpa(q, k, v)
+        else:
+            probs = attention_probs(q, k, sink)
+            patched = hook("attn.pattern", probs)
+            if patched is probs and sink is None:
+                # Read-only pattern hooks keep the fast path, so they never perturb the logits.
+                y = self._sdpa(q, k, v)
+            else:
+                y = patched.to(v.dtype) @ v
+        return y.transpose(1, 2).reshape(B, T, self.n_head * self.d_head)
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(self.d_head))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.d_in, cfg.d_mlp, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+        self.act = F.gelu if cfg.activation == "gelu" else F.relu  # exact (erf) GELU
+        self.topk = {loc: cfg.topk_k(f"mlp.{loc}") for loc in ("act_in", "post_act", "resid_delta")}
+
+    def forward(self, x: Tensor, hook: _HookScope) -> Tensor:
+        """x: normalised input [B, T, d_in] -> residual write [B, T, d_model]."""
+        x = hook("mlp.act_in", _sparsify(x, self.topk["act_in"]))
+        h = hook("mlp.post_act", _sparsify(self.act(self.c_fc(x)), self.topk["post_act"]))
+        return hook("mlp.resid_delta", _sparsify(self.c_proj(h), self.topk["resid_delta"]))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.residual_relu = cfg.residual_relu
+        self.ln_1 = RMSNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = RMSNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+        concat = cfg.pos_emb == "concat"
+        self.ln_p1 = RMSNorm(cfg.d_pos_emb) if concat else None
+        self.ln_p2 = RMSNorm(cfg.d_pos_emb) if concat else None
+
+    def forward(self, x: Tensor, pos: Tensor | None, hook: _HookScope) -> Tensor:
+        """x: residual [B, T, d_model]; pos: [T, d_pos_emb] position channels or None."""
+        x = hook("resid_in", x)
+        x = self._add(x, self.attn(self._read(x, pos, self.ln_1, self.ln_p1), hook))
+        x = hook("resid_mid", x)
+        return self._add(x, self.mlp(self._read(x, pos, self.ln_2, self.ln_p2), hook))
+
+    @staticmethod
+    def _read(x: Tensor, pos: Tensor | None, ln: RMSNorm, ln_p: RMSNorm | None) -> Tensor:
+        h = ln(x)
+        if pos is None or ln_p is None:
+            return h
+        # Positions are read-only channels: appended to the input, never written to the residual.
+        return torch.cat([h, ln_p(pos).expand(x.shape[0], -1, -1)], dim=-1)
+
+    def _add(self, x: Tensor, delta: Tensor) -> Tensor:
+        x = x + delta
+        return F.relu(x) if self.residual_relu else x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = dataclasses.replace(cfg).validate()  # a private copy: later edits to cfg do not apply
+        cfg = self.cfg
+        modules: dict[str, nn.Module] = {"wte": nn.Embedding(cfg.vocab_size, cfg.d_model)}
+        if cfg.pos_emb == "add":
+            modules["wpe"] = nn.Embedding(cfg.n_ctx, cfg.d_model)
+        elif cfg.pos_emb == "concat":
+            modules["wpe"] = nn.Embedding(cfg.n_ctx, cfg.d_pos_emb)
+        modules["h"] = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        modules["ln_f"] = RMSNorm(cfg.d_model)
+        self.transformer = nn.ModuleDict(modules)
+        # Tied: no lm_head at all, so state_dict (and safetensors) hold the matrix once, as wte.
+        self.lm_head = None if cfg.tied_unembed else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.bigram_table = (
+            nn.Parameter(torch.zeros(cfg.vocab_size, cfg.vocab_size)) if cfg.bigram_table else None
+        )
+        self.final_logits_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.final_logits_bias else None
+
+        self._hooks: dict[str, list[HookFn]] = {}
+        self._hook_names = [f"{l}.{s}" for l in range(cfg.n_layer) for s in LAYER_HOOKS] + list(FINAL_HOOKS)
+        self._hook_name_set = frozenset(self._hook_names)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual-writing c_proj scaled by 1/sqrt(2 n_layer), biases 0."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+        # Norm weights start at 1; sink logits, bigram table and final logits bias at 0 (set above).
+
+    def forward(self, idx: Tensor) -> Tensor:
+        """idx: token ids [B, T] (T <= n_ctx) -> logits [B, T, vocab], float32 (also under autocast)."""
+        cfg = self.cfg
+        T = idx.shape[1]
+        if T > cfg.n_ctx:
+            raise UserError(f"sequence length {T} exceeds the model's context n_ctx = {cfg.n_ctx}")
+        x = self.transformer.wte(idx)
+        pos = None
+        if cfg.pos_emb == "add":
+            x = x + self.transformer.wpe.weight[:T]
+        elif cfg.pos_emb == "concat":
+            pos = self.transformer.wpe.weight[:T]
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, pos, _HookScope(self._hooks, f"{layer}."))
+        top = _HookScope(self._hooks, "")
+        x = top("final_resid", x)
+        unembed = self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(self.transformer.ln_f(x), unembed).float()
+        if self.bigram_table is not None:
+            logits = logits + F.embedding(idx, self.bigram_table)  # row of the current token
+        if self.final_logits_bias is not None:
+            logits = logits + self.final_logits_bias
+        return top("logits", logits).float()
+
+    # ---- hooks ---------------------------------------------------------------------------------
+
+    def hook_names(self) -> list[str]:
+        """Every hook point, in forward order: per-layer LAYER_HOOKS, then final_resid and logits."""
+        return list(self._hook_names)
+
+    def node_locations(self) -> list[str]:
+        """Hook names that are node locations, e.g. "0.attn.act_in", ..., "3.mlp.resid_delta"."""
+        return [f"{l}.{loc}" for l in range(self.cfg.n_layer) for loc in NODE_LOCATIONS]
+
+    def location_width(self, name: str) -> int:
+        """Last-dim width of the activation at a hook point. `{l}.attn.pattern` has none ([B, H, T, T])."""
+        if name not in self._hook_name_set:
+            raise UserError(f"unknown hook name {name!r}")
+        if name == "final_resid":
+            return self.cfg.d_model
+        if name == "logits":
+            return self.cfg.vocab_size
+        loc = name.split(".", 1)[1]
+        if loc in ("resid_in", "resid_mid"):
+            return self.cfg.d_model
+        if loc == "attn.pattern":
+            raise UserError(f"{name} has shape [B, n_head, T, T], not a fixed width")
+        return self.cfg.location_width(loc)
+
+    @contextmanager
+    def hooks(self, fns: Mapping[str, HookFn]) -> Iterator[None]:
+        """Install hook fns for the duration of a with-block.
+
+        fns maps hook names to fn(activation) -> replacement tensor, or None to leave it unchanged.
+        Hooks at one point run in installation order, each seeing the previous one's result: with
+        nested blocks, the outer block's hook runs first, then the inner one's. Exiting a block
+        removes exactly the hooks it installed, even on error.
+
+        At `{l}.attn.pattern`, returning the input itself (or None) only reads it: the output still
+        comes from the fused kernel, so read-only hooks leave the logits bit-identical. Return a new
+        tensor to patch the pattern (and to get gradients through it); in-place edits there are ignored.
+        """
+        unknown = [name for name in fns if name not in self._hook_name_set]
+        if unknown:
+            raise UserError(f"unknown hook name(s): {', '.join(unknown)} (see GPT.hook_names())")
+        not_callable = [name for name, fn in fns.items() if not callable(fn)]
+        if not_callable:
+            raise UserError(f"hook(s) for {', '.join(not_callable)} are not callable")
+        installed: list[tuple[str, HookFn]] = []
+        try:
+            for name, fn in fns.items():
+                self._hooks.setdefault(name, []).append(fn)
+                installed.append((name, fn))
+            yield
+        finally:
+            for name, fn in reversed(installed):
+                self._remove_hook(name, fn)
+
+    def _remove_hook(self, name: str, fn: HookFn) -> None:
+        fns = self._hooks[name]
+        last = max(i for i, f in enumerate(fns) if f is fn)  # last occurrence: blocks exit innermost first
+        del fns[last]
+        if not fns:
+            del self._hooks[name]
+
+    # ---- counts --------------------------------------------------------------------------------
+
+    def num_params(self) -> int:
+        """Number of parameters (shared tensors counted once), including embeddings and tables."""
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def num_nonzero(self) -> int:
+        """Number of nonzero parameter entries, over the same parameters as num_params."""
+        return sum(int(torch.count_nonzero(p)) for p in self.parameters())
