@@ -1,0 +1,66 @@
+"""Mean activation of every node over the pretraining distribution, with the exact forward that is pruned."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from sparsecircuits.data.shards import iter_eval_batches
+from sparsecircuits.io import atomic_write
+from sparsecircuits.model import GPT
+
+
+def model_content_hash(model: GPT) -> str:
+    """A short hash of every parameter and buffer (names, shapes, bytes): the cache key of derived data."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def mean_activations(
+    model: GPT, bin_path: str | Path, n_windows: int = 64, batch_size: int = 8, n_ctx: int | None = None
+) -> dict[str, Tensor]:
+    """Mean over all tokens of `n_windows` held-out windows at every node location. Returns loc -> [width].
+
+    Read-only hooks on the unchanged forward, so AbsTopK is applied exactly as when pruning.
+    """
+    n_ctx = n_ctx or model.cfg.n_ctx
+    device = next(model.parameters()).device
+    sums = {
+        loc: torch.zeros(model.location_width(loc), dtype=torch.float64, device=device)
+        for loc in model.node_locations()
+    }
+    count = 0
+
+    def reader(loc: str):
+        def fn(x: Tensor) -> None:
+            sums[loc] += x.detach().double().sum(dim=(0, 1))
+
+        return fn
+
+    with model.hooks({loc: reader(loc) for loc in sums}):
+        for batch in iter_eval_batches(bin_path, n_ctx, batch_size, max(1, n_windows // batch_size)):
+            idx = batch[:, :-1].to(device)
+            model(idx)
+            count += idx.numel()
+    return {loc: (s / max(count, 1)).float() for loc, s in sums.items()}
+
+
+def cached_means(
+    model: GPT, run_dir: str | Path, bin_path: str | Path, n_windows: int = 64
+) -> dict[str, Tensor]:
+    """`mean_activations`, cached in RUN/cache/ under the model's content hash and the window count."""
+    path = Path(run_dir) / "cache" / f"means-{model_content_hash(model)}-{n_windows}.safetensors"
+    if path.is_file():
+        return load_file(str(path))
+    means = mean_activations(model, bin_path, n_windows)
+    atomic_write(path, lambda p: save_file({k: v.cpu().contiguous() for k, v in means.items()}, str(p)))
+    return means
