@@ -22,7 +22,8 @@ from sparsecircuits.io import atomic_write_json, commit_dir, staging_dir
 @dataclass
 class BuildConfig:
     out: Path
-    sources: list[Path] = field(default_factory=list)  # empty: the standard library
+    sources: list[Path] = field(default_factory=list)  # empty: the standard library (unless no_stdlib)
+    no_stdlib: bool = False
     vocab_size: int = 2048
     val_fraction: float = 0.02
     synthetic_mb: float = 0.0
@@ -34,12 +35,16 @@ class BuildConfig:
     progress: bool = True
 
 
+def file_sources(cfg: BuildConfig) -> list[Path]:
+    """The directories and files to walk: the given ones, else the standard library."""
+    return cfg.sources or ([] if cfg.no_stdlib else [default_source()])
+
+
 def collect_documents(cfg: BuildConfig, stats: CorpusStats) -> list[Document]:
     """Every kept document from the file sources, the synthetic generator and an optional HF dataset."""
     docs: list[Document] = []
-    if cfg.sources or not (cfg.synthetic_mb or cfg.hf_dataset):
-        sources = cfg.sources or [default_source()]
-        docs += read_documents(sources, stats, cfg.val_fraction)
+    if file_sources(cfg):
+        docs += read_documents(file_sources(cfg), stats, cfg.val_fraction)
     for i, text in enumerate(generate_programs(int(cfg.synthetic_mb * 1e6), cfg.seed)):
         rel = f"synthetic/{cfg.seed}/{i}"
         docs.append(Document("synthetic", rel, text, split_of(rel, cfg.val_fraction)))
@@ -67,6 +72,8 @@ def build_dataset(cfg: BuildConfig) -> dict:
     """Build a dataset directory at `cfg.out`. Returns its meta dict. Nothing is left half-written on error."""
     t0 = time.perf_counter()
     stats = CorpusStats()
+    if not (file_sources(cfg) or cfg.synthetic_mb or cfg.hf_dataset):
+        raise UserError("nothing to build: --no-stdlib without --source, --synthetic or --hf-dataset")
     docs = collect_documents(cfg, stats)  # validate sources before touching the output path
     tmp = staging_dir(cfg.out, cfg.force)
     try:
@@ -103,10 +110,7 @@ def _build_into(cfg: BuildConfig, docs: list[Document], stats: CorpusStats, tmp:
     meta = {
         "format": "sparsecircuits-dataset/1",
         "code_version": __version__,
-        "sources": [
-            str(s)
-            for s in (cfg.sources or ([] if (cfg.synthetic_mb or cfg.hf_dataset) else [default_source()]))
-        ],
+        "sources": [str(s) for s in file_sources(cfg)],
         "synthetic_mb": cfg.synthetic_mb,
         "hf_dataset": cfg.hf_dataset,
         "seed": cfg.seed,
