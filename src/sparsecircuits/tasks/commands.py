@@ -1,0 +1,118 @@
+"""`sparsecircuits tasks list|show` and `sparsecircuits eval`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sparsecircuits.tasks.base import SPLITS
+from sparsecircuits.tasks.registry import all_tasks, get_task
+
+MARK = "⟨?⟩"
+
+
+def _shown(s: str) -> str:
+    """A completion string as printed: repr, so whitespace and newlines are visible."""
+    return repr(s)
+
+
+@click.group("tasks")
+def tasks() -> None:
+    """Browse the 20 Python next-token tasks."""
+
+
+@tasks.command("list")
+def list_tasks() -> None:
+    """List the tasks with their cue and candidate completions."""
+    for t in all_tasks():
+        cands = ", ".join(_shown(c) for c in t.candidates[:4]) + (", ..." if len(t.candidates) > 4 else "")
+        click.echo(f"{t.name:28s} {t.description}")
+        click.echo(f"{'':28s}   cue: {t.cue}; candidates: {cands}")
+
+
+@tasks.command("show")
+@click.argument("name")
+@click.option("--n", "n", default=3, show_default=True, help="Number of pairs.")
+@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def show(name: str, n: int, split: str, seed: int) -> None:
+    """Print example pairs of task NAME, the predicted position marked ⟨?⟩."""
+    task = get_task(name)
+    click.echo(f"{task.name}: {task.description}\ncue: {task.cue}\n")
+    for i, pair in enumerate(task.pairs(n, split, seed)):
+        for sign, p in (("+", pair.pos), ("-", pair.neg)):
+            click.echo(f"--- pair {i} {sign}  correct {_shown(p.correct)}  wrong {_shown(p.wrong)}")
+            click.echo(p.text + MARK)
+        click.echo()
+
+
+def _pretrain_loss(run, val_batches: int) -> tuple[float | None, str]:
+    """(validation loss, note) of the run's model on its pretraining data, or (None, why not)."""
+    from sparsecircuits.train.evaluate import validation_loss
+
+    data_dir = (run.config.get("data") or {}).get("dir")
+    if not data_dir or not Path(data_dir).is_dir():
+        return None, f"pretraining data dir not found ({data_dir}); skipped"
+    return validation_loss(run.model, data_dir, n_batches=val_batches), str(data_dir)
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'task':28s} {'loss':>8s} {'acc':>7s} {'logit diff':>11s}"]
+    for r in rows:
+        lines.append(f"{r['task']:28s} {r['loss']:8.4f} {r['acc']:7.3f} {r['logit_diff']:11.3f}")
+    return "\n".join(lines)
+
+
+@click.command("eval")
+@click.option("--model", "run_path", required=True, type=click.Path(), help="Run directory.")
+@click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default all 20.")
+@click.option("--n-pairs", default=256, show_default=True, help="Pairs per task (2 prompts each).")
+@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--val-batches", default=20, show_default=True, help="Batches for the pretraining val loss.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available).")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results here.")
+def eval_cmd(run_path, task_names, n_pairs, split, seed, val_batches, device, json_path) -> None:
+    """Task loss, accuracy and logit difference on every task, plus the pretraining validation loss.
+
+    Task loss is the binary cross-entropy of correct vs wrong token, averaged over prompts (the authors'
+    code sums the two prompts of a pair: twice this value).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.io import atomic_write_json
+    from sparsecircuits.run import load_run
+    from sparsecircuits.tasks.evaluate import evaluate_task
+
+    if n_pairs < 1:
+        raise UserError("--n-pairs must be at least 1")
+    selected = [get_task(name) for name in task_names] or all_tasks()
+    run = load_run(run_path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = []
+    for task in tqdm(selected, desc="tasks", file=sys.stderr, disable=len(selected) < 2):
+        rows.append(evaluate_task(run.model, run.tokenizer, task, n_pairs=n_pairs, split=split, seed=seed))
+    pretrain, note = _pretrain_loss(run, val_batches)
+    click.echo(_table(rows))
+    mean = sum(r["loss"] for r in rows) / len(rows)
+    click.echo(f"{'mean':28s} {mean:8.4f}")
+    if pretrain is None:
+        click.echo(f"pretraining val loss: n/a ({note})")
+    else:
+        click.echo(f"pretraining val loss: {pretrain:.4f} ({note})")
+    if json_path:
+        atomic_write_json(
+            json_path,
+            {
+                "model": str(run.path),
+                "split": split,
+                "n_pairs": n_pairs,
+                "seed": seed,
+                "loss": "binary CE of correct vs wrong logit, mean over prompts (authors' pair sum = 2x)",
+                "pretrain_val_loss": pretrain,
+                "tasks": {r["task"]: r for r in rows},
+            },
+        )
