@@ -453,3 +453,17 @@ def test_bf16_autocast_returns_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(idx)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("opts", [{}, {"bigram_table": True, "sink": True, "final_logits_bias": True}])
+def test_forward_at_positions_equals_full_logits(opts):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, n_layer=2, d_model=32, n_head=2, d_head=16, d_mlp=64, n_ctx=16, **opts)
+    model = GPT(cfg).eval()
+    idx = torch.randint(0, 50, (4, 16))
+    at = torch.tensor([3, 15, 0, 7])
+    with torch.no_grad():
+        full = model(idx)
+        picked = model(idx, at=at)
+    assert picked.shape == (4, 50)
+    assert torch.allclose(picked, full[torch.arange(4), at], atol=1e-6)

@@ -212,9 +212,10 @@ class TinyLM(nn.Module):
         self.emb = nn.Embedding(vocab, d)
         self.out = nn.Linear(d, vocab)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
         h = self.emb(tokens).cumsum(1) / torch.arange(1, tokens.shape[1] + 1).view(1, -1, 1)
-        return self.out(h)
+        logits = self.out(h)
+        return logits if at is None else logits[torch.arange(len(at)), at]
 
 
 def test_encode_task_layout(task_tokenizer):

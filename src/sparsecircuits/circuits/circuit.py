@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 import torch
@@ -79,3 +80,10 @@ def make_circuit(
     if validation is not None:
         circuit["validation"] = validation
     return circuit
+
+
+def geometric_mean(values: list[float]) -> float:
+    """Geometric mean of positive counts (an edge count of 0 counts as 1, so the mean stays defined)."""
+    if not values:
+        return float("nan")
+    return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values))

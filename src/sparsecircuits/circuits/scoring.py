@@ -15,6 +15,7 @@ from torch import Tensor
 
 from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.model import GPT
+from sparsecircuits.tasks.evaluate import logit_diff_loss as task_loss
 
 
 @dataclass
@@ -68,9 +69,8 @@ def resample_donors(last: Tensor, gen: torch.Generator) -> Tensor:
 
 def correct_minus_wrong(model: GPT, prompts: PromptSet) -> Tensor:
     """Logit of the correct minus the wrong token at each prompt's last position. Returns [N]."""
-    logits = model(prompts.tokens)
-    rows = torch.arange(len(prompts), device=logits.device)
-    at_last = logits[rows, prompts.last]
+    at_last = model(prompts.tokens, at=prompts.last)  # [N, V]
+    rows = torch.arange(len(prompts), device=at_last.device)
     return at_last[rows, prompts.correct] - at_last[rows, prompts.wrong]
 
 
@@ -80,11 +80,6 @@ def gated_diff(
     """correct_minus_wrong with the node gates applied through hooks. Returns [N]."""
     with model.hooks(mask.hooks(gates, donors)):
         return correct_minus_wrong(model, prompts)
-
-
-def task_loss(diff: Tensor) -> Tensor:
-    """Binary cross-entropy of correct vs wrong from their logit difference, mean over prompts. diff: [N]."""
-    return F.softplus(-diff).mean()
 
 
 def calibrate(diff: Tensor, sign: Tensor, steps: int = 16) -> tuple[float, float, float]:

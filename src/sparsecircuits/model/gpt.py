@@ -242,8 +242,14 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
         # Norm weights start at 1; sink logits, bigram table and final logits bias at 0 (set above).
 
-    def forward(self, idx: Tensor) -> Tensor:
-        """idx: token ids [B, T] (T <= n_ctx) -> logits [B, T, vocab], float32 (also under autocast)."""
+    def forward(self, idx: Tensor, at: Tensor | None = None) -> Tensor:
+        """idx: token ids [B, T] (T <= n_ctx) -> logits [B, T, vocab], float32 (also under autocast).
+
+        at: optional LongTensor [B] of positions. Then only those positions are unembedded and the logits
+        are [B, vocab] (the `final_resid` and `logits` hooks see the gathered [B, 1, ...] tensors). Task
+        evaluation and pruning read one position per prompt; this skips the other positions' unembedding,
+        which dominates the cost of small models.
+        """
         cfg = self.cfg
         T = idx.shape[1]
         if T > cfg.n_ctx:
@@ -256,6 +262,9 @@ class GPT(nn.Module):
             pos = self.transformer.wpe.weight[:T]
         for layer, block in enumerate(self.transformer.h):
             x = block(x, pos, _HookScope(self._hooks, f"{layer}."))
+        if at is not None:
+            rows = torch.arange(idx.shape[0], device=idx.device)
+            x, idx = x[rows, at].unsqueeze(1), idx[rows, at].unsqueeze(1)
         top = _HookScope(self._hooks, "")
         x = top("final_resid", x)
         unembed = self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
@@ -264,7 +273,8 @@ class GPT(nn.Module):
             logits = logits + F.embedding(idx, self.bigram_table)  # row of the current token
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
-        return top("logits", logits).float()
+        logits = top("logits", logits).float()
+        return logits if at is None else logits[:, 0]
 
     # ---- hooks ---------------------------------------------------------------------------------
 

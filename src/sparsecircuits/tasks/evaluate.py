@@ -122,8 +122,7 @@ def candidate_logits(model: Model, batch: TaskBatch, chunk: int = 256) -> Tensor
     for start in range(0, len(batch), chunk):
         rows = slice(start, start + chunk)
         last = batch.last[rows].to(device)
-        logits = model(batch.tokens[rows, : int(last.max()) + 1].to(device))  # [b, T, V]
-        at_last = logits[torch.arange(len(last), device=device), last]  # [b, V]
+        at_last = model(batch.tokens[rows, : int(last.max()) + 1].to(device), at=last)  # [b, V]
         ids = torch.stack([batch.correct[rows], batch.wrong[rows]], dim=1).to(device)  # [b, 2]
         out.append(at_last.gather(1, ids).float())
     return torch.cat(out) if out else torch.zeros(0, 2)
