@@ -44,6 +44,9 @@ class ModelConfig:
     tied_unembed: bool = False
     final_logits_bias: bool = False  # learnable [vocab] bias added to the logits
     activation: str = "gelu"  # "gelu" | "relu"
+    # Epsilon of every RMSNorm. Imported models of the paper authors use float32's machine epsilon
+    # (torch.nn.RMSNorm's default for float32 inputs, ~1.19e-7).
+    norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         # JSON has no tuples; accept a list so from_dict(json.load(...)) round-trips.
@@ -110,6 +113,9 @@ class ModelConfig:
                 f"model config: unknown afrac_locs {', '.join(map(repr, unknown))}; "
                 f"expected a subset of {', '.join(NODE_LOCATIONS)}"
             )
+        eps = self.norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise UserError(f"model config: norm_eps must be a positive number, got {self.norm_eps!r}")
         if self.pos_emb not in POS_EMB_KINDS:
             raise UserError(
                 f"model config: pos_emb must be one of {', '.join(POS_EMB_KINDS)}, got {self.pos_emb!r}"

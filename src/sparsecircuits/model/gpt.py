@@ -177,13 +177,13 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.residual_relu = cfg.residual_relu
-        self.ln_1 = RMSNorm(cfg.d_model)
+        self.ln_1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = RMSNorm(cfg.d_model)
+        self.ln_2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
         concat = cfg.pos_emb == "concat"
-        self.ln_p1 = RMSNorm(cfg.d_pos_emb) if concat else None
-        self.ln_p2 = RMSNorm(cfg.d_pos_emb) if concat else None
+        self.ln_p1 = RMSNorm(cfg.d_pos_emb, cfg.norm_eps) if concat else None
+        self.ln_p2 = RMSNorm(cfg.d_pos_emb, cfg.norm_eps) if concat else None
 
     def forward(self, x: Tensor, pos: Tensor | None, hook: _HookScope) -> Tensor:
         """x: residual [B, T, d_model]; pos: [T, d_pos_emb] position channels or None."""
@@ -216,7 +216,7 @@ class GPT(nn.Module):
         elif cfg.pos_emb == "concat":
             modules["wpe"] = nn.Embedding(cfg.n_ctx, cfg.d_pos_emb)
         modules["h"] = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        modules["ln_f"] = RMSNorm(cfg.d_model)
+        modules["ln_f"] = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.transformer = nn.ModuleDict(modules)
         # Tied: no lm_head at all, so state_dict (and safetensors) hold the matrix once, as wte.
         self.lm_head = None if cfg.tied_unembed else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
