@@ -176,3 +176,25 @@ def test_load_dataset_errors(tmp_path):
         load_dataset(tmp_path / "missing")
     with pytest.raises(UserError, match="not a dataset directory"):
         load_dataset(tmp_path)
+
+
+def test_build_reuses_a_given_tokenizer(tree, tmp_path):
+    first = build_dataset(
+        BuildConfig(out=tmp_path / "a", sources=[tree], vocab_size=300, progress=False, val_fraction=0.1)
+    )
+    second = build_dataset(
+        BuildConfig(
+            out=tmp_path / "b",
+            sources=[tree],
+            tokenizer=tmp_path / "a" / "tokenizer.json",
+            progress=False,
+            val_fraction=0.1,
+        )
+    )
+    assert second["tokenizer_source"].endswith("tokenizer.json") and first["tokenizer_source"] == "trained"
+    assert (tmp_path / "a" / "train.bin").read_bytes() == (tmp_path / "b" / "train.bin").read_bytes()
+
+
+def test_nothing_to_build(tmp_path, capsys):
+    assert _cli("data", "build", "--no-stdlib", "--out", str(tmp_path / "o")) == 2
+    assert "nothing to build" in capsys.readouterr().err

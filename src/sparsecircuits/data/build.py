@@ -14,7 +14,7 @@ from sparsecircuits import __version__
 from sparsecircuits.data.corpus import CorpusStats, Document, default_source, read_documents, split_of
 from sparsecircuits.data.shards import write_tokens
 from sparsecircuits.data.synthetic import generate_programs
-from sparsecircuits.data.tokenizer import eot_id, train_tokenizer
+from sparsecircuits.data.tokenizer import EOT, eot_id, load_tokenizer, train_tokenizer
 from sparsecircuits.errors import UserError
 from sparsecircuits.io import atomic_write_json, commit_dir, staging_dir
 
@@ -31,6 +31,9 @@ class BuildConfig:
     hf_dataset: str | None = None
     hf_column: str = "content"
     required_tokens: tuple[str, ...] = ()
+    tokenizer: Path | None = (
+        None  # reuse this tokenizer.json instead of training one (e.g. an imported model's)
+    )
     force: bool = False
     progress: bool = True
 
@@ -95,9 +98,7 @@ def _build_into(cfg: BuildConfig, docs: list[Document], stats: CorpusStats, tmp:
             f"the corpus is too small to split: {len(train)} training and {len(val)} validation documents"
         )
     t_read = time.perf_counter()
-    if cfg.progress:
-        print(f"training BPE tokenizer ({cfg.vocab_size} tokens) on {len(train)} documents...", flush=True)
-    tok = train_tokenizer(train, cfg.vocab_size, cfg.required_tokens)
+    tok = _tokenizer(cfg, train)
     t_tok = time.perf_counter()
     tok.save(str(tmp / "tokenizer.json"))
     ids = {
@@ -116,6 +117,7 @@ def _build_into(cfg: BuildConfig, docs: list[Document], stats: CorpusStats, tmp:
         "seed": cfg.seed,
         "val_fraction": cfg.val_fraction,
         "vocab_size": tok.get_vocab_size(),
+        "tokenizer_source": str(cfg.tokenizer) if cfg.tokenizer else "trained",
         "eot_id": eot_id(tok),
         "required_tokens": list(cfg.required_tokens),
         "documents": {
@@ -138,6 +140,27 @@ def _build_into(cfg: BuildConfig, docs: list[Document], stats: CorpusStats, tmp:
     }
     atomic_write_json(tmp / "meta.json", meta)
     return meta
+
+
+def _tokenizer(cfg: BuildConfig, train: list[str]):
+    """Train the BPE, or load the given one (whose missing required tokens are reported, not forced)."""
+    if cfg.tokenizer is None:
+        if cfg.progress:
+            print(
+                f"training BPE tokenizer ({cfg.vocab_size} tokens) on {len(train)} documents...", flush=True
+            )
+        return train_tokenizer(train, cfg.vocab_size, cfg.required_tokens)
+    tok = load_tokenizer(cfg.tokenizer)
+    if eot_id(tok) is None:
+        raise UserError(f"{cfg.tokenizer} has no {EOT} token to separate documents")
+    missing = [s for s in cfg.required_tokens if len(tok.encode(s).ids) != 1]
+    if missing and cfg.progress:
+        print(
+            f"note: {len(missing)} task tokens are not single tokens in {cfg.tokenizer} (e.g. {missing[0]!r}); "
+            "tasks that need them cannot be evaluated with it",
+            flush=True,
+        )
+    return tok
 
 
 def _content_hash(d: Path) -> str:

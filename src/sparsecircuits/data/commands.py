@@ -31,16 +31,35 @@ def data() -> None:
     show_default=True,
     help="Megabytes of generated simple-idiom Python to mix in.",
 )
+@click.option(
+    "--tokenizer",
+    "tokenizer",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Reuse this tokenizer.json (e.g. an imported model's) instead of training one.",
+)
 @click.option("--val-fraction", default=0.02, show_default=True, help="Fraction of files for validation.")
 @click.option("--hf-dataset", default=None, help="A Hugging Face dataset name or local parquet/jsonl path.")
 @click.option(
     "--column", "hf_column", default="content", show_default=True, help="Text column of --hf-dataset."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic generator.")
+@click.option("--no-stdlib", is_flag=True, help="Do not read the standard library when no --source is given.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def build(
-    sources, out, vocab_size, synthetic_mb, val_fraction, hf_dataset, hf_column, seed, force, quiet
+    sources,
+    out,
+    vocab_size,
+    synthetic_mb,
+    val_fraction,
+    hf_dataset,
+    hf_column,
+    seed,
+    no_stdlib,
+    tokenizer,
+    force,
+    quiet,
 ) -> None:
     """Walk the sources, train the tokenizer and write train.bin / val.bin / meta.json."""
     from sparsecircuits.data.build import BuildConfig, build_dataset
@@ -54,6 +73,8 @@ def build(
     cfg = BuildConfig(
         out=out,
         sources=list(sources),
+        no_stdlib=no_stdlib,
+        tokenizer=tokenizer,
         vocab_size=vocab_size,
         val_fraction=val_fraction,
         synthetic_mb=synthetic_mb,
