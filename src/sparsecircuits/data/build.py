@@ -14,7 +14,7 @@ from sparsecircuits import __version__
 from sparsecircuits.data.corpus import CorpusStats, Document, default_source, read_documents, split_of
 from sparsecircuits.data.shards import write_tokens
 from sparsecircuits.data.synthetic import generate_programs
-from sparsecircuits.data.tokenizer import EOT, eot_id, load_tokenizer, train_tokenizer
+from sparsecircuits.data.tokenizer import eot_id, load_tokenizer, train_tokenizer
 from sparsecircuits.errors import UserError
 from sparsecircuits.io import atomic_write_json, commit_dir, staging_dir
 
@@ -151,8 +151,7 @@ def _tokenizer(cfg: BuildConfig, train: list[str]):
             )
         return train_tokenizer(train, cfg.vocab_size, cfg.required_tokens)
     tok = load_tokenizer(cfg.tokenizer)
-    if eot_id(tok) is None:
-        raise UserError(f"{cfg.tokenizer} has no {EOT} token to separate documents")
+    eot_id(tok)  # documents are separated by it: fail early if the tokenizer lacks it
     missing = [s for s in cfg.required_tokens if len(tok.encode(s).ids) != 1]
     if missing and cfg.progress:
         print(
