@@ -43,6 +43,13 @@ def _summary_line(c: dict) -> str:
     type=click.Path(path_type=Path),
     help="Circuit file (one task) or directory (several tasks).",
 )
+@click.option(
+    "--data",
+    "data_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Pretraining dataset for mean activations (default: the one the model was trained on).",
+)
 @click.option("--target-loss", default=0.15, show_default=True, help="Task loss the circuit must reach.")
 @click.option(
     "--ablation", type=click.Choice(["mean", "zero", "resample"]), default="mean", show_default=True
@@ -69,6 +76,7 @@ def _summary_line(c: dict) -> str:
 @click.option("--quiet", is_flag=True)
 def prune(
     model_dir,
+    data_dir,
     tasks,
     all_tasks,
     out,
@@ -118,7 +126,9 @@ def prune(
         calibrate=not no_calibrate,
         seed=seed,
     ).validate()
-    session = PruneSession(model_dir, pick_device(device), mean_windows, progress=not quiet)
+    session = PruneSession(
+        model_dir, pick_device(device), mean_windows, progress=not quiet, data_dir=data_dir
+    )
     rows = []
     for t in tasks:
         click.echo(f"pruning {t} ...", err=True)
@@ -177,19 +187,29 @@ def _write_summary(out: Path, rows: list[dict], target: float) -> None:
 @click.option(
     "--model", "model_dir", type=click.Path(path_type=Path), help="Run directory (default: as recorded)."
 )
+@click.option(
+    "--data",
+    "data_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Pretraining dataset for mean activations (default: the one the model was trained on).",
+)
 @click.option("--n-pairs", default=128, show_default=True, help="Test pairs to evaluate on.")
 @click.option("--n-random", default=5, show_default=True, help="Random circuits for the baseline.")
 @click.option("--mean-windows", default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--no-write", is_flag=True, help="Print only; do not store the results in the circuit file.")
-def validate_cmd(circuit_path, model_dir, n_pairs, n_random, mean_windows, device, no_write) -> None:
+def validate_cmd(
+    circuit_path, model_dir, data_dir, n_pairs, n_random, mean_windows, device, no_write
+) -> None:
     """Check a circuit: sufficiency, necessity, a random baseline and a resample test (stored in the file)."""
     from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
     from sparsecircuits.circuits.nodes import names_to_nodes
     from sparsecircuits.circuits.validate import validate
 
     circuit = read_circuit(circuit_path)
-    session = PruneSession(model_dir or Path(circuit["model"]["path"]), pick_device(device), mean_windows)
+    run_dir = model_dir or Path(circuit["model"]["path"])
+    session = PruneSession(run_dir, pick_device(device), mean_windows, data_dir=data_dir)
     if session.model_info["content_hash"] != circuit["model"].get("content_hash"):
         raise UserError(f"{circuit_path} was pruned from another model (content hash differs)")
     nodes = names_to_nodes(circuit["nodes"], session.model.cfg)

@@ -21,7 +21,14 @@ def pick_device(name: str) -> str:
 class PruneSession:
     """A loaded run with its mean activations: everything needed to prune or validate its tasks."""
 
-    def __init__(self, model_dir: Path, device: str, mean_windows: int = 64, progress: bool = True):
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str,
+        mean_windows: int = 64,
+        progress: bool = True,
+        data_dir: Path | None = None,
+    ):
         from sparsecircuits.circuits.means import cached_means, model_content_hash
         from sparsecircuits.data.dataset import load_dataset
         from sparsecircuits.run import load_run
@@ -29,9 +36,12 @@ class PruneSession:
         self.run = load_run(model_dir, device)
         self.model = self.run.model
         self.progress = progress
-        data_dir = self.run.config.get("data", {}).get("dir")
+        data_dir = data_dir or (self.run.config.get("data") or {}).get("dir")
         if not data_dir:
-            raise UserError(f"{model_dir}/config.json names no data directory: mean ablation needs it")
+            raise UserError(
+                f"{model_dir}/config.json names no data directory: mean ablation needs pretraining data "
+                "(pass --data DIR, built with this model's tokenizer)"
+            )
         self.dataset = load_dataset(data_dir)
         if progress:
             click.echo(f"mean activations over {mean_windows} validation windows of {data_dir} ...", err=True)
@@ -59,9 +69,21 @@ class PruneSession:
 
 
 def prune_one(
-    session: PruneSession, task: str, cfg, budget: int, train_pairs: int, eval_pairs: int, do_validate: bool
+    session: PruneSession,
+    task: str,
+    cfg,
+    budget: int,
+    train_pairs: int,
+    eval_pairs: int,
+    do_validate: bool,
+    sweep_targets: tuple[float, ...] = (),
 ) -> dict:
-    """Prune one task (with the search) and return the circuit dict."""
+    """Prune one task (with the search) and return the circuit dict.
+
+    sweep_targets: also bisect the trained mask to each of these target losses and record the smallest
+    circuit (nodes, edges, loss) for each under "sweep" (task loss against circuit size, the paper's Fig 2;
+    the mask is trained once at cfg.target_loss and reused, which is cheaper than pruning per target).
+    """
     from sparsecircuits.circuits.circuit import make_circuit
     from sparsecircuits.circuits.prune import Evaluator
     from sparsecircuits.circuits.search import search
@@ -92,4 +114,32 @@ def prune_one(
         "eval_split": "val",
         "eval_pairs": eval_pairs,
     }
-    return make_circuit(session.model, session.model_info, task_info, result, evaluate, validation, rows)
+    circuit = make_circuit(session.model, session.model_info, task_info, result, evaluate, validation, rows)
+    if sweep_targets:
+        circuit["sweep"] = target_sweep(session.model, result, evaluate, sweep_targets)
+    return circuit
+
+
+def target_sweep(model, result, evaluate, targets: tuple[float, ...]) -> list[dict]:
+    """Smallest top-k circuit of the trained mask for each target loss: [{target, nodes, edges, loss}]."""
+    from sparsecircuits.circuits.edges import count_edges
+    from sparsecircuits.circuits.prune import bisect_nodes
+
+    params = model.state_dict()
+    rows = []
+    for target in sorted(targets, reverse=True):
+        if target < result.full_score.loss:
+            rows.append({"target": target, "reached": False, "full_model_loss": result.full_score.loss})
+            continue
+        k, best, _ = bisect_nodes(evaluate, result.mask, target)
+        nodes = {loc: g.bool() for loc, g in result.mask.split(result.mask.top_k_gates(k)).items()}
+        rows.append(
+            {
+                "target": target,
+                "reached": True,
+                "nodes": k,
+                "edges": count_edges(params, model.cfg, nodes),
+                "loss": best.loss,
+            }
+        )
+    return rows
