@@ -74,7 +74,7 @@ def test_synthetic_programs_parse_and_are_deterministic():
 
 def test_tokenizer_forces_required_tokens_and_round_trips():
     texts = CODE * 20 + list(generate_programs(100_000))
-    required = [" enumerate", "]]", '")', "=None", " zzyzx"]
+    required = [" enumerate", "]]", '")', "=None", " zzyzx", "   ", "       ", "):\n", "():\n"]
     tok = train_tokenizer(texts, vocab_size=400, required=required)
     assert tok.get_vocab_size() == 400 and tok.token_to_id(EOT) == 399
     for s in required:

@@ -57,22 +57,50 @@ def _assemble(merges: list[tuple[str, str]], eot_last: bool = True) -> Tokenizer
     return tok
 
 
-def _forcing_merges(tok: Tokenizer, required: Iterable[str]) -> list[tuple[str, str]]:
-    """Merges to append so every required string encodes to a single token."""
+def _bpe_word(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges to one pre-token: repeatedly merge the best-ranked adjacent pair everywhere."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(p, len(ranks)), p) for p in zip(symbols, symbols[1:])]
+        rank, pair = min(pairs)
+        if rank == len(ranks):
+            break
+        out, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+                out.append(pair[0] + pair[1])
+                i += 2
+            else:
+                out.append(symbols[i])
+                i += 1
+        symbols = out
+    return symbols
+
+
+def _forcing_merges(
+    tok: Tokenizer, merges: list[tuple[str, str]], required: Iterable[str]
+) -> tuple[list[tuple[str, str]], int]:
+    """Merges to append so every required string encodes to a single token, and how many new ids they add.
+
+    Each appended merge joins the first two pieces the string currently splits into; merges are then
+    re-applied in rank order (earlier merges can fire again on the joined piece) until one piece is left.
+    A merge whose result already is a token (made by a different pair) needs no new id.
+    """
+    ranks = {m: i for i, m in enumerate(merges)}
+    have_tokens = set(tok.get_vocab())
     extra: list[tuple[str, str]] = []
-    have = set(tok.get_vocab())
+    new_tokens = 0
     for s in required:
         form = _byte_form(s)
-        if form in have:
-            continue
-        pieces = [t.value for t in tok.model.tokenize(form)]
-        joined = pieces[0]
-        for p in pieces[1:]:
-            if joined + p not in have:
-                extra.append((joined, p))
-                have.add(joined + p)
-            joined += p
-    return extra
+        pieces = _bpe_word(list(form), ranks)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            ranks[pair] = len(ranks)
+            extra.append(pair)
+            if pair[0] + pair[1] not in have_tokens:
+                have_tokens.add(pair[0] + pair[1])
+                new_tokens += 1
+            pieces = _bpe_word(list(form), ranks)
+    return extra, new_tokens
 
 
 def check_required(required: Iterable[str]) -> list[str]:
@@ -111,9 +139,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, required: Iter
     # Drop learned merges from the end until the forced ones fit; each drop may change what is needed.
     for keep in range(len(learned), -1, -1):
         tok = _assemble(learned[:keep])
-        extra = _forcing_merges(tok, required)
-        if N_BYTES + keep + len(extra) + 1 <= vocab_size:
+        extra, new_tokens = _forcing_merges(tok, learned[:keep], required)
+        if tok.get_vocab_size() + new_tokens <= vocab_size:
             break
+    else:
+        raise UserError(
+            f"vocabulary size {vocab_size} is too small for the {len(required)} required tokens: with no learned "
+            f"merges at all they still need {tok.get_vocab_size() + new_tokens} ids"
+        )
     tok = _assemble(learned[:keep] + extra)
     for s in required:
         if len(tok.encode(s).ids) != 1:
