@@ -1,0 +1,332 @@
+"""The viewer's read-only HTTP server: static front end plus a small JSON API (stdlib only).
+
+Routes (GET and HEAD only; every other method is refused):
+
+    /                                   the single-page app (static/index.html)
+    /static/NAME                        one of the packaged static files (no subfolders)
+    /api/index                          runs and circuits under the given paths
+    /api/circuit?id=C                   graph with layout, task-panel data, the circuit's run id
+    /api/node?circuit=C&node=N          node detail (corpus snippets, task values, attention), cached
+    /api/node?run=R&node=N              the same without the task part
+    /api/model?run=R[&circuit=C]        config, training curves, weight density, embedding channels
+    /api/embedding?run=R&channels=1,2   top tokens of embedding channels
+    /export/circuit.html?id=C           self-contained HTML of the circuit (download)
+    /export/circuit.svg?id=C            static SVG of the circuit (download)
+
+Entries are named by catalog ids only (see catalog.py): unknown ids are 404, ids that try to leave
+the given paths are 403. When bound to a loopback address, requests whose Host header is not a
+loopback name are refused (403), which stops DNS-rebinding pages from reading the API.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from sparsecircuits.circuits.circuit_file import read_circuit
+from sparsecircuits.errors import UserError
+from sparsecircuits.viewer.catalog import Catalog, Forbidden, NotFound
+from sparsecircuits.viewer.detail import NodeDetails, RunPool, decoded_vocab
+from sparsecircuits.viewer.export import circuit_title, export_html, export_svg
+from sparsecircuits.viewer.graph import build_graph, circuit_meta
+from sparsecircuits.viewer.model_panel import default_channels, embedding_top_tokens, model_panel
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+MAX_CHANNELS = 64
+
+
+class BadRequest(Exception):
+    """A malformed request (HTTP 400)."""
+
+
+def static_files() -> dict[str, bytes]:
+    """Every packaged static file by name, read once (the server never opens a path from a request)."""
+    folder = resources.files("sparsecircuits.viewer").joinpath("static")
+    return {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")}
+
+
+class ViewerApp:
+    """State shared by all request threads: the catalog, loaded runs and cached results."""
+
+    def __init__(self, paths: list[str | Path], n_windows: int = 64):
+        self.catalog = Catalog(paths)
+        self.runs = RunPool(n_windows)
+        self.static = static_files()
+        self._vocab: dict[Path, list[str]] = {}
+        self._density_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    # ---- circuits ---------------------------------------------------------------------------------
+
+    def circuit(self, circuit_id: str) -> dict[str, Any]:
+        return read_circuit(self.catalog.circuit(circuit_id).path)
+
+    def circuit_view(self, circuit_id: str) -> dict[str, Any]:
+        circuit = self.circuit(circuit_id)
+        run = self.catalog.run_of_circuit(circuit_id)
+        return {
+            "id": circuit_id,
+            "name": self.catalog.circuit(circuit_id).path.name,
+            "title": circuit_title(circuit),
+            "run": run.id if run else None,
+            "graph": build_graph(circuit),
+            "meta": circuit_meta(circuit),
+            "task_info": task_info(circuit),
+        }
+
+    def node(self, query: dict[str, str]) -> dict[str, Any]:
+        node = _required(query, "node")
+        task, siblings = None, []
+        if "circuit" in query:
+            circuit = self.circuit(query["circuit"])
+            run = self.catalog.run_of_circuit(query["circuit"])
+            if run is None:
+                raise NotFound("the circuit's run is not under the given paths; pass its run directory too")
+            task = (circuit.get("task") or {}).get("name") if isinstance(circuit.get("task"), dict) else None
+            siblings = [n for n in circuit.get("nodes") or [] if isinstance(n, str)]
+        else:
+            run = self.catalog.run(_required(query, "run"))
+        details = NodeDetails(self.runs.get(run.path))
+        return {"run": run.id, "task_name": task, **details.get(node, task, siblings)}
+
+    # ---- runs -------------------------------------------------------------------------------------
+
+    def vocab(self, run_path: Path) -> list[str]:
+        from sparsecircuits.data.tokenizer import load_tokenizer
+
+        with self._lock:
+            if run_path not in self._vocab:
+                self._vocab[run_path] = decoded_vocab(load_tokenizer(run_path / "tokenizer.json"))
+            return self._vocab[run_path]
+
+    def model(self, query: dict[str, str]) -> dict[str, Any]:
+        run = self.catalog.run(_required(query, "run"))
+        panel = model_panel(run.path, self._density_cache)
+        circuit = self.circuit(query["circuit"]) if "circuit" in query else None
+        d_model = int(panel["config"]["model"].get("d_model", 0))
+        channels = default_channels(circuit, d_model)
+        panel["embedding"] = embedding_top_tokens(
+            run.path / "model.safetensors", self.vocab(run.path), channels
+        )
+        panel["id"] = run.id
+        return panel
+
+    def embedding(self, query: dict[str, str]) -> list[dict[str, Any]]:
+        run = self.catalog.run(_required(query, "run"))
+        try:
+            channels = [int(c) for c in _required(query, "channels").split(",") if c.strip()]
+        except ValueError:
+            raise BadRequest("channels must be comma-separated integers") from None
+        if not channels or len(channels) > MAX_CHANNELS:
+            raise BadRequest(f"give 1 to {MAX_CHANNELS} channels")
+        return embedding_top_tokens(run.path / "model.safetensors", self.vocab(run.path), channels)
+
+
+def task_info(circuit: dict[str, Any]) -> dict[str, Any]:
+    """Description and two example pairs of the circuit's task, or {"error"} when unavailable."""
+    task = circuit.get("task") if isinstance(circuit.get("task"), dict) else {}
+    name = task.get("name")
+    try:
+        from sparsecircuits.tasks import get_task
+
+        t = get_task(name)
+        pairs = t.pairs(2, "val", 0)
+    except ImportError:
+        return {"error": "the task API is not available in this version"}
+    except (UserError, KeyError, ValueError, TypeError) as e:
+        return {"error": f"task {name!r} unavailable: {e}"}
+    return {
+        "name": t.name,
+        "description": t.description,
+        "cue": t.cue,
+        "examples": [
+            {"text": p.text, "correct": p.correct, "wrong": p.wrong}
+            for pair in pairs
+            for p in (pair.pos, pair.neg)
+        ],
+    }
+
+
+def _required(query: dict[str, str], key: str) -> str:
+    value = query.get(key)
+    if not value:
+        raise BadRequest(f"missing query parameter {key!r}")
+    return value
+
+
+# ---- HTTP ---------------------------------------------------------------------------------------------
+
+
+class ViewerServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: ViewerApp, verbose: bool = False):
+        self.app, self.verbose = app, verbose
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        return f"http://{shown}:{port}/"
+
+    def is_loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.server_address[0]).is_loopback
+        except ValueError:
+            return False
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ViewerServer
+    server_version = "sparsecircuits-viewer"
+    sys_version = ""
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    # ---- dispatch ---------------------------------------------------------------------------------
+
+    def _serve(self, head: bool) -> None:
+        try:
+            self._check_host()
+            status, ctype, body, extra = self._route()
+        except Forbidden as e:
+            status, ctype, body, extra = _error(HTTPStatus.FORBIDDEN, str(e))
+        except NotFound as e:
+            status, ctype, body, extra = _error(HTTPStatus.NOT_FOUND, str(e))
+        except (BadRequest, UserError) as e:
+            status, ctype, body, extra = _error(HTTPStatus.BAD_REQUEST, str(e))
+        except Exception:  # a bug: keep serving, report it
+            traceback.print_exc(file=sys.stderr)
+            status, ctype, body, extra = _error(
+                HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the server log)"
+            )
+        self._send(status, ctype, body, extra, head)
+
+    def _check_host(self) -> None:
+        if not self.server.is_loopback():
+            return
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
+        if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+            raise Forbidden("unexpected Host header")
+
+    def _route(self) -> tuple[int, str, bytes, dict[str, str]]:
+        parts = urlsplit(self.path)
+        path = unquote(parts.path)
+        if "\x00" in path or ".." in path.split("/") or "\\" in path:
+            raise Forbidden("path outside the viewer's roots")
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        app = self.server.app
+        if path in ("/", "/index.html"):
+            return self._static("index.html")
+        if path.startswith("/static/"):
+            return self._static(path[len("/static/") :])
+        api: dict[str, Callable[[dict[str, str]], Any]] = {
+            "/api/index": lambda q: app.catalog.listing(),
+            "/api/circuit": lambda q: app.circuit_view(_required(q, "id")),
+            "/api/node": app.node,
+            "/api/model": app.model,
+            "/api/embedding": app.embedding,
+        }
+        if path in api:
+            return HTTPStatus.OK, "application/json", _json(api[path](query)), {}
+        if path in ("/export/circuit.html", "/export/circuit.svg"):
+            return self._export(path.rsplit(".", 1)[1], _required(query, "id"))
+        raise NotFound(f"no such page: {path}")
+
+    def _static(self, name: str) -> tuple[int, str, bytes, dict[str, str]]:
+        files = self.server.app.static
+        if "/" in name or name not in files:
+            raise NotFound(f"no static file {name!r}")
+        ctype = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
+        return HTTPStatus.OK, ctype, files[name], {}
+
+    def _export(self, kind: str, circuit_id: str) -> tuple[int, str, bytes, dict[str, str]]:
+        app = self.server.app
+        circuit = app.circuit(circuit_id)
+        title = circuit_title(circuit, app.catalog.circuit(circuit_id).path.name)
+        stem = app.catalog.circuit(circuit_id).path.name.removesuffix(".circuit.json")
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem) or "circuit"
+        if kind == "svg":
+            body, ctype = export_svg(circuit, title), CONTENT_TYPES[".svg"]
+        else:
+            body, ctype = export_html(circuit, title), CONTENT_TYPES[".html"]
+        disposition = {"Content-Disposition": f'attachment; filename="{stem}.{kind}"'}
+        return HTTPStatus.OK, ctype, body.encode("utf-8"), disposition
+
+    def _send(self, status: int, ctype: str, body: bytes, extra: dict[str, str], head: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy", CSP)
+        for key, value in extra.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+
+def _finite(obj: Any) -> Any:
+    """obj with NaN and infinities replaced by None (JSON has no such numbers; files may hold them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")
+
+
+def _error(status: HTTPStatus, message: str) -> tuple[int, str, bytes, dict[str, str]]:
+    return status, "application/json", _json({"error": message, "status": int(status)}), {}
+
+
+def make_server(
+    paths: list[str | Path],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    n_windows: int = 64,
+    verbose: bool = False,
+) -> ViewerServer:
+    """A ready server (call serve_forever, or use it in a thread); port 0 picks a free port."""
+    return ViewerServer((host, port), ViewerApp(paths, n_windows), verbose)

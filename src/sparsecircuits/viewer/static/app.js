@@ -1,0 +1,419 @@
+// The single-page app: sidebar of runs and circuits, circuit page (graph, task, model tabs), run page.
+// Routes live in the URL hash: #circuit=ID&tab=graph&node=NAME, #run=ID.
+"use strict";
+(function (SC) {
+  const h = (...a) => SC.h(...a);
+  const main = () => document.getElementById("main");
+  const state = { listing: null, page: null };
+
+  // ---- routing -------------------------------------------------------------------------------------
+
+  function route() {
+    return Object.fromEntries(new URLSearchParams(location.hash.slice(1)).entries());
+  }
+
+  function go(params, replace = false) {
+    const hash = "#" + SC.query(params);
+    if (replace) history.replaceState(null, "", hash);
+    else location.hash = hash;
+  }
+
+  async function onRoute() {
+    const r = route();
+    markActive(r);
+    try {
+      if (r.circuit) await showCircuit(r.circuit, r.tab || "graph", r.node);
+      else if (r.run) await showRun(r.run);
+      else showHome();
+    } catch (e) {
+      state.page = null;
+      SC.clear(main()).append(h("div", { class: "error-box", text: `Could not open this page: ${e.message}` }));
+    }
+  }
+
+  // ---- sidebar -------------------------------------------------------------------------------------
+
+  async function loadListing() {
+    state.listing = await SC.getJSON("/api/index");
+    renderTree();
+  }
+
+  function circuitLink(c) {
+    const sub = c.error ? c.error : `${c.nodes ?? "?"} nodes · ${c.edges ?? "?"} edges` + (typeof c.loss === "number" ? ` · loss ${SC.fmt(c.loss)}` : "");
+    return h(
+      "a",
+      { class: "tree-item circuit", href: "#" + SC.query({ circuit: c.id }), dataset: { id: c.id }, title: c.name },
+      h("span", { class: "tree-name", text: c.task || c.name }),
+      h("span", { class: "tree-sub", text: sub })
+    );
+  }
+
+  function renderTree() {
+    const tree = SC.clear(document.getElementById("tree"));
+    const listing = state.listing;
+    const needle = document.getElementById("filter").value.trim().toLowerCase();
+    const match = (c) => !needle || `${c.task || ""} ${c.name}`.toLowerCase().includes(needle);
+    for (const run of listing.runs) {
+      const circuits = run.circuits.filter(match);
+      if (needle && !circuits.length && !run.name.toLowerCase().includes(needle)) continue;
+      const m = run.model || {};
+      tree.append(
+        h(
+          "a",
+          { class: "tree-item run", href: "#" + SC.query({ run: run.id }), dataset: { id: run.id }, title: run.name },
+          h("span", { class: "tree-name", text: run.name }),
+          h("span", { class: "tree-sub", text: run.error || `${m.n_layer}L · d_model ${m.d_model} · ${run.circuits.length} circuits` })
+        ),
+        h("div", { class: "tree-children" }, circuits.map(circuitLink))
+      );
+    }
+    const loose = listing.circuits.filter(match);
+    if (loose.length) tree.append(h("div", { class: "tree-heading", text: "Circuits without a run" }), ...loose.map(circuitLink));
+    if (!listing.runs.length && !listing.circuits.length)
+      tree.append(h("div", { class: "muted pad", text: `No runs or circuit files under ${listing.roots.join(", ")}.` }));
+    markActive(route());
+  }
+
+  function markActive(r) {
+    document.querySelectorAll(".tree-item").forEach((el) => {
+      const kind = el.classList.contains("run") ? "run" : "circuit";
+      el.classList.toggle("active", r[kind] === el.dataset.id);
+    });
+  }
+
+  // ---- pages ---------------------------------------------------------------------------------------
+
+  function showHome() {
+    state.page = null;
+    const l = state.listing || { runs: [], circuits: [], roots: [] };
+    const n = l.runs.reduce((a, r) => a + r.circuits.length, l.circuits.length);
+    SC.clear(main()).append(
+      h(
+        "div",
+        { class: "home" },
+        h("h1", { text: "Circuits of weight-sparse transformers" }),
+        h("p", { text: `${l.runs.length} runs and ${n} circuits under ${l.roots.join(", ")}.` }),
+        h("p", { class: "muted", text: "Pick a circuit on the left to see its graph, its task results and its model. Click a node for its activations on the pretraining corpus and on the task." })
+      )
+    );
+  }
+
+  function pageHeader(title, subtitle, actions) {
+    return h("div", { class: "page-header" }, h("div", {}, h("h1", { text: title }), h("div", { class: "muted", text: subtitle })), h("div", { class: "actions" }, actions));
+  }
+
+  function tabs(names, active, onPick) {
+    return h(
+      "div",
+      { class: "tabs", role: "tablist" },
+      names.map(([key, label]) => h("button", { type: "button", role: "tab", class: key === active ? "tab active" : "tab", dataset: { tab: key }, text: label, on: { click: () => onPick(key) } }))
+    );
+  }
+
+  async function showCircuit(id, tab, node) {
+    let page = state.page;
+    if (!page || page.kind !== "circuit" || page.id !== id) {
+      SC.clear(main()).append(h("div", { class: "loading", text: "Loading circuit…" }));
+      const data = await SC.getJSON("/api/circuit?" + SC.query({ id }));
+      page = state.page = buildCircuitPage(data);
+    }
+    page.show(tab);
+    if (tab === "graph") {
+      const i = node ? page.data.graph.nodes.findIndex((n) => n.id === node) : -1;
+      const want = i >= 0 ? i : null;
+      if (page.view.selected !== want) {
+        page.view.select(want, false);
+        page.renderDetail(want);
+      }
+    }
+  }
+
+  function buildCircuitPage(data) {
+    const meta = data.meta;
+    const page = { kind: "circuit", id: data.id, data, panes: {} };
+    const exportButtons = [
+      h("a", { class: "button small", href: "/export/circuit.html?" + SC.query({ id: data.id }), download: "", text: "Export HTML", title: "a self-contained page with the graph" }),
+      h("button", { type: "button", class: "small", text: "SVG", title: "the graph as drawn now", on: { click: () => SC.download(`${fileStem(data.name)}.svg`, new Blob([page.view.toSVG(data.title)], { type: "image/svg+xml" })) } }),
+      h("button", { type: "button", class: "small", text: "PNG", on: { click: async () => SC.download(`${fileStem(data.name)}.png`, await page.view.toPNG(data.title)) } }),
+    ];
+    const tabNames = [["graph", "Graph"], ["task", "Task"], ["model", "Model"]];
+    const selectedNode = () => (page.view.selected === null ? undefined : data.graph.nodes[page.view.selected].id);
+    const tabBar = tabs(tabNames, "graph", (key) => go({ circuit: data.id, tab: key, node: selectedNode() }));
+    const body = h("div", { class: "tab-body" });
+    SC.clear(main()).append(pageHeader(data.title, `${data.name} · ${SC.circuitFacts(meta)}`, exportButtons), tabBar, body);
+    const panes = {};
+    for (const [key] of tabNames) body.append((panes[key] = h("div", { class: `pane pane-${key}`, hidden: true })));
+    buildGraphPane(page, panes.graph);
+    page.show = (tab) => {
+      if (!panes[tab]) tab = "graph";
+      for (const [key, el] of Object.entries(panes)) el.hidden = key !== tab;
+      tabBar.querySelectorAll(".tab").forEach((b) => b.classList.toggle("active", b.dataset.tab === tab));
+      if (tab === "task" && !page.panes.task) page.panes.task = renderTaskPane(panes.task, data);
+      if (tab === "model" && !page.panes.model) page.panes.model = renderModelPane(panes.model, data.run, data.id);
+    };
+    return page;
+  }
+
+  function fileStem(name) {
+    return String(name || "circuit").replace(/\.circuit\.json$/, "").replace(/[^A-Za-z0-9._-]/g, "_");
+  }
+
+  // ---- graph pane and node detail --------------------------------------------------------------------
+
+  function buildGraphPane(page, pane) {
+    const host = h("div", { class: "graph-host" });
+    const detail = h("aside", { class: "detail" });
+    pane.append(h("div", { class: "graph-layout" }, h("div", { class: "graph-main" }, h("div", { class: "graph-toolbar" }), SC.legend(), host), detail));
+    page.view = new SC.GraphView(host, page.data.graph, {
+      onSelect: (i) => {
+        const node = i === null ? undefined : page.data.graph.nodes[i].id;
+        go({ circuit: page.id, tab: "graph", node }, true);
+        page.renderDetail(i);
+      },
+    });
+    pane.querySelector(".graph-toolbar").append(SC.edgeControls(page.view));
+    page.renderDetail = (i) => renderDetail(page, detail, i);
+    page.renderDetail(null);
+  }
+
+  function renderDetail(page, aside, i) {
+    SC.clear(aside);
+    page.detailToken = {};
+    if (i === null) {
+      aside.append(h("div", { class: "placeholder" }, h("h3", { text: "Node detail" }), h("p", { class: "muted", text: "Hover a node for its name; click it for its edges, ablation effect and activations." })));
+      return;
+    }
+    const achieved = (page.data.meta.achieved || {}).loss;
+    aside.append(SC.nodeSummary(page.view, i, achieved));
+    const computed = h("div", { class: "computed" }, h("div", { class: "loading", text: "Computing activations…" }));
+    aside.append(computed);
+    if (!page.data.run) {
+      SC.clear(computed).append(h("div", { class: "note", text: "The circuit's run is not under the viewer's paths, so activations cannot be computed. Start the viewer with the run directory too." }));
+      return;
+    }
+    const token = page.detailToken;
+    const node = page.data.graph.nodes[i].id;
+    SC.getJSON("/api/node?" + SC.query({ circuit: page.id, node }))
+      .then((d) => token === page.detailToken && SC.clear(computed).append(nodeDetail(d)))
+      .catch((e) => token === page.detailToken && SC.clear(computed).append(h("div", { class: "error-box", text: e.message })));
+  }
+
+  /** Token spans coloured by value; the focus token is outlined. */
+  function tokenRun(tokens, scale, focus) {
+    return h(
+      "span",
+      { class: "tokens" },
+      tokens.map(([text, v], j) => {
+        const c = SC.valueColour(v, scale);
+        return h("span", { class: "tok" + (j === focus ? " focus" : "") + (c.dark ? " dark" : ""), style: { "background-color": c.bg }, title: `${JSON.stringify(text)}  ${SC.signed(v, 4)}`, text: SC.tokenText(text) });
+      })
+    );
+  }
+
+  function snippetRow(sn, scale, label) {
+    return h("div", { class: "snippet" }, h("span", { class: "snip-label", text: label }), h("span", { class: "snip-value", text: SC.signed(sn.value, 3) }), tokenRun(sn.tokens, scale, sn.focus));
+  }
+
+  function noteOrError(part) {
+    return h("div", { class: "note", text: part.error });
+  }
+
+  function corpusSection(c) {
+    const out = [h("h4", { text: "Pretraining corpus" })];
+    if (c.error) return out.concat(noteOrError(c));
+    const st = c.stats;
+    out.push(
+      h("div", { class: "muted small", text: `${c.n_tokens} tokens in ${c.n_windows} validation windows · mean ${SC.fmt(st.mean)} · std ${SC.fmt(st.std)} · range ${SC.fmt(st.min)} to ${SC.fmt(st.max)} · active on ${SC.fmt(100 * st.frac_active)}% of tokens` }),
+      h("h5", { text: "Top activations" }),
+      c.top.map((sn, j) => snippetRow(sn, c.scale, `#${j + 1}`)),
+      h("h5", { text: "At quantiles" }),
+      c.quantiles.map((sn) => snippetRow(sn, c.scale, `q${Math.round(sn.q * 100)}`)),
+      h("h5", { text: "Bottom activations" }),
+      c.bottom.map((sn, j) => snippetRow(sn, c.scale, `#${j + 1}`))
+    );
+    return out;
+  }
+
+  function taskSection(t, scale) {
+    const out = [h("h4", { text: "Task prompts (last position)" })];
+    if (t.error) return out.concat(noteOrError(t));
+    out.push(
+      h("dl", { class: "kv" }, h("dt", { text: "positive prompts" }), h("dd", { text: `mean ${SC.signed(t.pos_mean)} (${t.pos.length})` }), h("dt", { text: "negative prompts" }), h("dd", { text: `mean ${SC.signed(t.neg_mean)} (${t.neg.length})` }), h("dt", { text: "difference" }), h("dd", { class: "strong", text: SC.signed(t.diff) })),
+      SC.stripPlot([{ label: "positive", values: t.pos, colour: "#2563eb" }, { label: "negative", values: t.neg, colour: "#ea580c" }], { width: 380 })
+    );
+    const ex = t.example || {};
+    const all = [...(ex.pos || []), ...(ex.neg || [])].map((p) => Math.abs(p[1]));
+    const s = Math.max(scale || 0, ...all, 1e-9);
+    if (ex.pos) out.push(h("div", { class: "prompt" }, h("div", { class: "prompt-label" }, "positive prompt → ", h("code", { text: SC.tokenText(ex.correct) })), tokenRun(ex.pos, s, ex.pos.length - 1)));
+    if (ex.neg) out.push(h("div", { class: "prompt" }, h("div", { class: "prompt-label" }, "negative prompt → ", h("code", { text: SC.tokenText(ex.wrong) })), tokenRun(ex.neg, s, ex.neg.length - 1)));
+    return out;
+  }
+
+  function attentionSection(a) {
+    const short = (t) => {
+      const x = SC.tokenText(t);
+      return x.length > 10 ? x.slice(0, 9) + "…" : x;
+    };
+    const lastMax = Math.max(...a.last_row, 1e-9);
+    const labels = a.tokens.map((t, j) => `${a.offset + j}:${short(t)}`);
+    return [
+      h("h4", { text: `Attention of head ${a.head}` }),
+      h("div", { class: "muted small", text: `On the ${a.source}. Colour: attention from the last position.` }),
+      h("div", { class: "prompt" }, tokenRun(a.all_tokens.map((t, j) => [t, a.last_row[j]]), lastMax, a.all_tokens.length - 1)),
+      h("div", { class: "heatmap-wrap" }, SC.heatmap(a.matrix, labels, labels, { labelWidth: 84 })),
+    ];
+  }
+
+  function nodeDetail(d) {
+    const scale = d.corpus && !d.corpus.error ? d.corpus.scale : null;
+    return h("div", { class: "node-detail" }, taskSection(d.task, scale), d.attention ? attentionSection(d.attention) : null, corpusSection(d.corpus));
+  }
+
+  // ---- task pane -------------------------------------------------------------------------------------
+
+  function card(label, value, sub) {
+    return h("div", { class: "card" }, h("div", { class: "card-label", text: label }), h("div", { class: "card-value", text: value }), sub ? h("div", { class: "card-sub", text: sub }) : null);
+  }
+
+  function renderTaskPane(pane, data) {
+    const m = data.meta;
+    const a = m.achieved || {};
+    const v = m.validation || {};
+    const task = m.task || {};
+    const info = data.task_info || {};
+    pane.append(
+      h("div", { class: "cards" }, card("full model loss", SC.fmt(a.full_model_loss, 4), "before pruning"), card("circuit loss", SC.fmt(a.loss, 4), `target ${SC.fmt(m.target_loss)}`), card("uncalibrated", SC.fmt(a.loss_uncalibrated, 4)), card("accuracy", typeof a.accuracy === "number" ? `${SC.fmt(100 * a.accuracy)}%` : "–"), card("nodes", String((m.counts || {}).nodes ?? "–")), card("edges", String((m.counts || {}).edges ?? "–")))
+    );
+    const grid = h("div", { class: "panels" });
+    pane.append(grid);
+    const panel = (title, ...body) => grid.append(h("section", { class: "panel" }, h("h3", { text: title }), body));
+    if (v.sufficiency) {
+      const items = [
+        { label: "sufficiency", value: (v.sufficiency || {}).loss, colour: "#2563eb" },
+        { label: "necessity", value: (v.necessity || {}).loss, colour: "#dc2626" },
+        { label: "random", value: (v.random || {}).loss, err: (v.random || {}).std, colour: "#94a3b8" },
+        { label: "resample", value: (v.resample || {}).loss, colour: "#7c3aed" },
+      ];
+      if (v.full_model) items.unshift({ label: "full model", value: v.full_model.loss, colour: "#059669" });
+      const refs = [{ value: typeof v.chance === "number" ? v.chance : Math.LN2, label: "chance" }];
+      panel(`Validation${v.split ? ` (${v.split} split)` : ""}`, SC.barPlot(items, { refs }), h("p", { class: "muted small", text: "Task loss: sufficiency keeps only the circuit; necessity ablates only the circuit; random keeps as many random nodes per location; resample fills ablated nodes from other prompts." }));
+    } else panel("Validation", h("div", { class: "note", text: "No validation results in this file (run `sparsecircuits validate`)." }));
+    const bis = (m.bisection || []).map((r) => [r.k, r.loss]);
+    const chosen = (m.counts || {}).nodes;
+    panel("Bisection: task loss against circuit size", SC.linePlot({ series: [{ name: "circuit loss", points: bis, marker: true }], xlabel: "nodes kept (k)", ylabel: "task loss", logx: bis.every((p) => p[0] > 0) && bis.length > 2, hlines: [{ y: m.target_loss, label: "target" }], vlines: chosen ? [{ x: chosen, label: `k = ${chosen}` }] : [] }));
+    const hist = (m.pruning || {}).history || [];
+    if (hist.length)
+      panel(
+        "Pruning",
+        SC.linePlot({ series: [{ name: "task loss", points: hist.map((r) => [r.step, r.task_loss]) }], xlabel: "step", ylabel: "task loss", height: 180 }),
+        SC.linePlot({ series: [{ name: "active nodes", points: hist.map((r) => [r.step, r.active]), colour: "#ea580c" }], xlabel: "step", ylabel: "nodes", height: 180 })
+      );
+    const rows = [["task", task.name], ["train split", task.split && `${task.split} (${task.n_pairs} pairs)`], ["evaluation", task.eval_split && `${task.eval_split} (${task.eval_pairs} pairs)`], ["ablation", m.ablation], ["loss", m.loss_convention], ["created", m.created]];
+    panel("About", h("dl", { class: "kv" }, rows.filter((r) => r[1]).map(([k, val]) => [h("dt", { text: k }), h("dd", { text: String(val) })])));
+    if (info.error) panel("Task prompts", h("div", { class: "note", text: info.error }));
+    else
+      panel(
+        "Task prompts",
+        h("p", { text: info.description || "" }),
+        (info.examples || []).map((ex) => h("div", { class: "example" }, h("pre", { class: "code" }, promptTail(ex.text), h("span", { class: "completion", title: "correct completion", text: ex.correct })), h("div", { class: "small" }, "correct ", h("code", { text: ex.correct }), " · wrong ", h("code", { text: ex.wrong }))))
+      );
+    return true;
+  }
+
+  /** The last lines of a prompt (the prediction is made at its end). */
+  function promptTail(text, lines = 10) {
+    const all = String(text).split("\n");
+    return all.length > lines ? "…\n" + all.slice(-lines).join("\n") : String(text);
+  }
+
+  // ---- model pane ------------------------------------------------------------------------------------
+
+  function renderModelPane(pane, runId, circuitId) {
+    if (!runId) {
+      pane.append(h("div", { class: "note", text: "The circuit's run is not under the viewer's paths." }));
+      return true;
+    }
+    pane.append(h("div", { class: "loading", text: "Loading model…" }));
+    SC.getJSON("/api/model?" + SC.query({ run: runId, circuit: circuitId }))
+      .then((d) => SC.clear(pane).append(modelPanel(d, runId)))
+      .catch((e) => SC.clear(pane).append(h("div", { class: "error-box", text: e.message })));
+    return true;
+  }
+
+  function densityTable(density) {
+    const cols = density.columns;
+    const cell = (d) => (d ? h("td", { class: "num heat", style: { "background-color": `rgba(37, 99, 235, ${(0.05 + 0.6 * Math.sqrt(d.density)).toFixed(3)})` }, title: `${d.nonzero} of ${d.numel} nonzero`, text: `${SC.fmt(100 * d.density, 3)}%` }) : h("td", { text: "–" }));
+    return h(
+      "div",
+      {},
+      h("table", { class: "grid-table" }, h("thead", {}, h("tr", {}, h("th", { text: "layer" }), cols.map((c) => h("th", { text: c })))), h("tbody", {}, density.layers.map((row, l) => h("tr", {}, h("th", { text: String(l) }), cols.map((c) => cell(row[c])))))),
+      h("table", { class: "grid-table compact" }, h("tbody", {}, Object.entries(density.global).map(([name, d]) => h("tr", {}, h("th", { class: "mono", text: name }), cell(d)))))
+    );
+  }
+
+  function embeddingCards(items) {
+    return items.map((ch) =>
+      h(
+        "div",
+        { class: "emb-card" },
+        h("div", { class: "emb-title", text: `channel ${ch.channel}` }, h("span", { class: "muted small", text: ` · ${ch.nonzero} nonzero tokens` })),
+        h("div", { class: "chips" }, ch.tokens.length ? ch.tokens.map(([t, w]) => h("span", { class: "chip tok-chip", style: { "border-color": SC.edgeColour(w) }, title: SC.signed(w, 4) }, h("span", { class: "mono", text: SC.tokenText(t) }), h("span", { class: "chip-val", text: SC.signed(w, 2) }))) : h("span", { class: "muted", text: "no nonzero entries" }))
+      )
+    );
+  }
+
+  function modelPanel(d, runId) {
+    const cfg = (d.config || {}).model || {};
+    const metrics = d.metrics || {};
+    const grid = h("div", { class: "panels" });
+    const panel = (title, ...body) => grid.append(h("section", { class: "panel" }, h("h3", { text: title }), body));
+    panel("Training loss", SC.linePlot({ series: [{ name: "train loss", points: metrics.loss }, { name: "val loss", points: metrics.val_loss, marker: true }], xlabel: "step", ylabel: "loss (nats/token)" }));
+    panel("Sparsity over training", SC.linePlot({ series: [{ name: "L0 fraction", points: metrics.l0_frac }, { name: "nonzero fraction", points: metrics.nonzero_frac }], xlabel: "step", ylabel: "fraction of weights", logy: true }));
+    panel("Weight density per layer and matrix", densityTable(d.density));
+    const keys = ["n_layer", "d_model", "n_head", "d_head", "d_mlp", "n_ctx", "vocab_size", "afrac", "sink", "pos_emb"];
+    const data = (d.config || {}).data || {};
+    panel("Configuration", h("dl", { class: "kv" }, keys.filter((k) => k in cfg).map((k) => [h("dt", { text: k }), h("dd", { text: String(cfg[k]) })]), data.dir ? [h("dt", { text: "dataset" }), h("dd", { class: "mono", text: String(data.dir) })] : null));
+    const cards = h("div", { class: "emb-cards" }, embeddingCards(d.embedding || []));
+    const input = h("input", { type: "text", placeholder: "channels, e.g. 5, 17", "aria-label": "embedding channels", size: 16 });
+    const status = h("span", { class: "muted small" });
+    const lookup = async () => {
+      try {
+        status.textContent = "";
+        const items = await SC.getJSON("/api/embedding?" + SC.query({ run: runId, channels: input.value.replace(/\s+/g, "") }));
+        SC.clear(cards).append(...embeddingCards(items));
+      } catch (e) {
+        status.textContent = e.message;
+      }
+    };
+    input.addEventListener("keydown", (ev) => ev.key === "Enter" && lookup());
+    grid.append(h("section", { class: "panel wide" }, h("h3", { text: "Embedding channels: tokens with the largest |wte[token, channel]|" }), h("div", { class: "controls" }, input, h("button", { type: "button", class: "small", text: "show", on: { click: lookup } }), status), cards));
+    return h("div", {}, h("div", { class: "muted small path", text: d.path }), grid);
+  }
+
+  async function showRun(id) {
+    state.page = null;
+    const run = (state.listing.runs || []).find((r) => r.id === id);
+    SC.clear(main()).append(pageHeader(run ? run.name : id, run && run.model ? `${run.model.n_layer} layers · d_model ${run.model.d_model} · ${run.circuits.length} circuits` : ""));
+    if (run && run.circuits.length) {
+      const row = (c) => h("tr", {}, h("td", {}, h("a", { href: "#" + SC.query({ circuit: c.id }), text: c.task || c.name })), h("td", { class: "num", text: String(c.nodes ?? "–") }), h("td", { class: "num", text: String(c.edges ?? "–") }), h("td", { class: "num", text: SC.fmt(c.loss, 4) }), h("td", { class: "muted", text: c.name }));
+      main().append(h("section", { class: "panel wide" }, h("h3", { text: "Circuits" }), h("table", { class: "grid-table list" }, h("thead", {}, h("tr", {}, ["task", "nodes", "edges", "loss", "file"].map((t) => h("th", { text: t })))), h("tbody", {}, run.circuits.map(row)))));
+    }
+    const pane = h("div", {});
+    main().append(pane);
+    renderModelPane(pane, id, undefined);
+  }
+
+  // ---- start ---------------------------------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", async () => {
+    document.getElementById("filter").addEventListener("input", renderTree);
+    window.addEventListener("hashchange", onRoute);
+    try {
+      await loadListing();
+    } catch (e) {
+      SC.clear(main()).append(h("div", { class: "error-box", text: `Could not reach the viewer's server: ${e.message}` }));
+      return;
+    }
+    await onRoute();
+  });
+})((window.SC = window.SC || {}));

@@ -1,0 +1,412 @@
+// The circuit graph: SVG drawing of the layout computed by the server (viewer/graph.py), hover and
+// selection, an edge filter, and the node summary (name, ablation effect, edges). Shared by the app
+// and by exported HTML pages. Colours match viewer/svg.py.
+"use strict";
+(function (SC) {
+  const h = (...a) => SC.h(...a);
+  const s = (...a) => SC.s(...a);
+
+  SC.NODE_COLOURS = {
+    "attn.act_in": "#64748b",
+    "attn.q": "#059669",
+    "attn.k": "#d97706",
+    "attn.v": "#7c3aed",
+    "attn.resid_delta": "#334155",
+    "mlp.act_in": "#64748b",
+    "mlp.post_act": "#db2777",
+    "mlp.resid_delta": "#334155",
+  };
+  SC.LOC_NAMES = {
+    "attn.act_in": "attention read of a residual channel",
+    "attn.q": "attention query channel",
+    "attn.k": "attention key channel",
+    "attn.v": "attention value channel",
+    "attn.resid_delta": "attention write to a residual channel",
+    "mlp.act_in": "MLP read of a residual channel",
+    "mlp.post_act": "MLP neuron",
+    "mlp.resid_delta": "MLP write to a residual channel",
+  };
+  const READS = new Set(["attn.act_in", "mlp.act_in"]);
+  const FONT = "system-ui, -apple-system, 'Segoe UI', sans-serif";
+  const EDGE_CAPS = [200, 500, 1000, 2000, 5000, 20000];
+
+  SC.edgeColour = (w) => (w === null || w === undefined ? "#64748b" : w >= 0 ? "#2563eb" : "#dc2626");
+  SC.edgeWidth = (w, maxAbs) => (w === null || w === undefined || !maxAbs ? 1.2 : 0.6 + 3.4 * Math.sqrt(Math.abs(w) / maxAbs));
+  SC.curve = function (a, b) {
+    const my = (a.y + b.y) / 2;
+    return `M${a.x},${a.y} C${a.x},${my} ${b.x},${my} ${b.x},${b.y}`;
+  };
+
+  /** Per node: incoming and outgoing edge indices, residual links and QK partners. */
+  function adjacency(graph) {
+    const adj = graph.nodes.map(() => ({ ins: [], outs: [], resIn: [], resOut: [], qk: [] }));
+    graph.edges.forEach(([a, b], i) => {
+      adj[a].outs.push(i);
+      adj[b].ins.push(i);
+    });
+    graph.residual_links.forEach(([a, b]) => {
+      adj[a].resOut.push(b);
+      adj[b].resIn.push(a);
+    });
+    graph.qk_pairs.forEach(([q, k]) => {
+      adj[q].qk.push(k);
+      adj[k].qk.push(q);
+    });
+    return adj;
+  }
+
+  class GraphView {
+    /** opts: {onSelect(i), maxEdges} */
+    constructor(container, graph, opts = {}) {
+      this.graph = graph;
+      this.opts = opts;
+      this.adj = adjacency(graph);
+      const weights = graph.edges.map((e) => e[2]).filter((w) => typeof w === "number").map(Math.abs);
+      this.maxAbs = weights.length ? Math.max(...weights) : 0;
+      const nonzero = weights.filter((w) => w > 0);
+      this.minAbs = nonzero.length ? Math.min(...nonzero) : 0;
+      this.threshold = 0;
+      this.maxEdges = opts.maxEdges || 2000;
+      this.selected = null;
+      this.zoom = 1;
+      this.build(container);
+    }
+
+    build(container) {
+      const g = this.graph;
+      this.scroller = h("div", { class: "graph-scroll" });
+      this.svg = s("svg", { class: "graph", viewBox: `0 0 ${g.width} ${g.height}`, "font-family": FONT });
+      this.layers = {};
+      for (const name of ["bands", "residual", "edges", "qk", "focus", "nodes"]) this.svg.appendChild((this.layers[name] = s("g", { class: name })));
+      this.tooltip = h("div", { class: "tooltip", hidden: true });
+      this.scroller.appendChild(this.svg);
+      container.appendChild(this.scroller);
+      container.appendChild(this.tooltip);
+      this.drawBands();
+      this.drawResidual();
+      this.drawQK();
+      this.drawNodes();
+      this.setFilter(0, this.maxEdges);
+      this.svg.addEventListener("click", (ev) => {
+        if (ev.target === this.svg || ev.target.closest(".bands")) this.select(null);
+      });
+      this.scroller.addEventListener("wheel", (ev) => this.onWheel(ev), { passive: false });
+      requestAnimationFrame(() => {
+        this.fit();
+        this.svg.dataset.ready = "1"; // laid out: tests and scripts may click now
+      });
+    }
+
+    drawBands() {
+      const g = this.graph;
+      const L = this.layers.bands;
+      for (const band of g.layers) {
+        L.appendChild(s("rect", { x: 4, y: band.y0, width: g.width - 8, height: band.y1 - band.y0, rx: 6, fill: "#f8fafc", stroke: "#e2e8f0" }));
+        L.appendChild(s("text", { x: 12, y: band.y0 + 14, "font-size": 11, "font-weight": 600, fill: "#475569", text: `layer ${band.layer}` }));
+      }
+      for (const row of g.rows) L.appendChild(s("text", { x: 12, y: row.y + 4, "font-size": 11, fill: "#64748b", text: row.label }));
+      for (const hg of g.heads) {
+        const [x0, x1, y] = [hg.x0 - 12, hg.x1 + 12, hg.y - 16];
+        L.appendChild(s("path", { d: `M${x0},${y + 4} V${y} H${x1} V${y + 4}`, fill: "none", stroke: "#cbd5e1" }));
+        L.appendChild(s("text", { x: (x0 + x1) / 2, y: y - 3, "font-size": 9, "text-anchor": "middle", fill: "#64748b", text: `head ${hg.head}` }));
+      }
+    }
+
+    drawResidual() {
+      const n = this.graph.nodes;
+      for (const [a, b] of this.graph.residual_links) {
+        this.layers.residual.appendChild(
+          s("path", { d: SC.curve(n[a], n[b]), fill: "none", stroke: "#94a3b8", "stroke-width": 1, "stroke-dasharray": "3 3", opacity: 0.55, dataset: { a, b } })
+        );
+      }
+    }
+
+    drawQK() {
+      const n = this.graph.nodes;
+      for (const [q, k] of this.graph.qk_pairs) {
+        const [x1, x2, y] = [n[q].x, n[k].x, n[q].y];
+        this.layers.qk.appendChild(
+          s("path", { d: `M${x1},${y - 7} Q${(x1 + x2) / 2},${y - 24} ${x2},${y - 7}`, fill: "none", stroke: "#d97706", "stroke-width": 1.2, "stroke-dasharray": "1.5 2.5" })
+        );
+      }
+    }
+
+    drawNodes() {
+      this.nodeEls = this.graph.nodes.map((node, i) => {
+        const colour = SC.NODE_COLOURS[node.loc] || "#334155";
+        const el = s(
+          "g",
+          { class: "node", transform: `translate(${node.x},${node.y})`, dataset: { i, name: node.id }, tabindex: 0 },
+          s("circle", { r: 7, fill: READS.has(node.loc) ? "#ffffff" : colour, stroke: colour, "stroke-width": 2 }),
+          s("text", { y: 19, "font-size": 9, "text-anchor": "middle", fill: "#334155", text: node.label })
+        );
+        el.addEventListener("mouseenter", () => this.showTooltip(i));
+        el.addEventListener("mouseleave", () => (this.tooltip.hidden = true));
+        el.addEventListener("click", (ev) => {
+          ev.stopPropagation();
+          this.select(i);
+        });
+        el.addEventListener("keydown", (ev) => ev.key === "Enter" && this.select(i));
+        this.layers.nodes.appendChild(el);
+        return el;
+      });
+    }
+
+    edgePath(i, extra = {}) {
+      const [a, b, w] = this.graph.edges[i];
+      const n = this.graph.nodes;
+      return s(
+        "path",
+        { d: SC.curve(n[a], n[b]), fill: "none", stroke: SC.edgeColour(w), "stroke-width": SC.edgeWidth(w, this.maxAbs).toFixed(2), opacity: 0.8, ...extra },
+        s("title", { text: `${n[a].display} → ${n[b].display}${w === null ? "" : ": " + SC.signed(w, 4)}` })
+      );
+    }
+
+    /** Draw the strongest edges with |w| >= threshold, at most maxEdges. Returns the number drawn. */
+    setFilter(threshold, maxEdges) {
+      this.threshold = threshold;
+      this.maxEdges = maxEdges;
+      const L = SC.clear(this.layers.edges);
+      const shown = [];
+      this.graph.edges.forEach((e, i) => {
+        if (shown.length < maxEdges && (e[2] === null || Math.abs(e[2]) >= threshold)) shown.push(i);
+      });
+      for (const i of shown.reverse()) L.appendChild(this.edgePath(i));
+      this.shown = shown.length;
+      return shown.length;
+    }
+
+    /** Select node i (or null): highlight its edges (all of them, whatever the filter) and neighbours. */
+    select(i, notify = true) {
+      this.selected = i;
+      const focus = SC.clear(this.layers.focus);
+      this.nodeEls.forEach((el) => el.classList.remove("sel", "nb"));
+      this.svg.classList.toggle("has-selection", i !== null);
+      if (i !== null) {
+        const adj = this.adj[i];
+        for (const e of [...adj.ins, ...adj.outs]) {
+          focus.appendChild(this.edgePath(e, { opacity: 1 }));
+          const [a, b] = this.graph.edges[e];
+          this.nodeEls[a === i ? b : a].classList.add("nb");
+        }
+        for (const j of [...adj.resIn, ...adj.resOut, ...adj.qk]) this.nodeEls[j].classList.add("nb");
+        this.nodeEls[i].classList.add("sel");
+        this.scrollTo(i);
+      }
+      if (notify && this.opts.onSelect) this.opts.onSelect(i);
+    }
+
+    scrollTo(i) {
+      const n = this.graph.nodes[i];
+      const sc = this.scroller;
+      const [x, y] = [n.x * this.zoom, n.y * this.zoom];
+      if (x < sc.scrollLeft || x > sc.scrollLeft + sc.clientWidth) sc.scrollLeft = x - sc.clientWidth / 2;
+      if (y < sc.scrollTop || y > sc.scrollTop + sc.clientHeight) sc.scrollTop = y - sc.clientHeight / 2;
+    }
+
+    showTooltip(i) {
+      const n = this.graph.nodes[i];
+      const adj = this.adj[i];
+      const effect = n.info && n.info.ablation_effect;
+      SC.clear(this.tooltip).append(
+        h("div", { class: "tt-name", text: n.display }),
+        h("div", { class: "muted", text: SC.LOC_NAMES[n.loc] || n.loc }),
+        h("div", { text: `in ${adj.ins.length} · out ${adj.outs.length} edges` }),
+        typeof effect === "number" ? h("div", { text: `ablation effect: task loss ${SC.fmt(effect, 4)}` }) : null
+      );
+      const box = this.nodeEls[i].getBoundingClientRect();
+      const host = this.tooltip.parentElement.getBoundingClientRect();
+      this.tooltip.style.left = `${box.right - host.left + 8}px`;
+      this.tooltip.style.top = `${box.top - host.top - 4}px`;
+      this.tooltip.hidden = false;
+    }
+
+    setZoom(z) {
+      this.zoom = Math.max(0.15, Math.min(4, z));
+      this.svg.setAttribute("width", Math.round(this.graph.width * this.zoom));
+      this.svg.setAttribute("height", Math.round(this.graph.height * this.zoom));
+    }
+
+    /**
+     * Zoom to fit the width: small graphs are enlarged (up to 1.6x, while they fit the height too), wide
+     * ones shrunk no further than 0.5x so labels stay legible (scroll for the rest). whole: fit the whole
+     * graph, both ways, for an overview.
+     */
+    fit(whole = false) {
+      const w = (this.scroller.clientWidth || this.graph.width) - 4;
+      const hgt = (this.scroller.clientHeight || 600) - 4;
+      const byWidth = w / this.graph.width;
+      const byHeight = hgt / this.graph.height;
+      if (whole) this.setZoom(Math.min(byWidth, byHeight, 1.6));
+      else this.setZoom(byWidth <= 1 ? Math.max(0.5, byWidth) : Math.max(1, Math.min(1.6, byWidth, byHeight)));
+    }
+
+    onWheel(ev) {
+      if (!ev.ctrlKey && !ev.metaKey) return;
+      ev.preventDefault();
+      this.setZoom(this.zoom * (ev.deltaY < 0 ? 1.15 : 1 / 1.15));
+    }
+
+    /** A standalone SVG document of what is drawn now (for download, or for a PNG via a canvas). */
+    toSVG(title) {
+      const g = this.graph;
+      const header = 44;
+      const clone = this.svg.cloneNode(true);
+      clone.removeAttribute("class");
+      clone.setAttribute("width", g.width);
+      clone.setAttribute("height", g.height + header);
+      clone.setAttribute("viewBox", `0 -${header} ${g.width} ${g.height + header}`);
+      clone.querySelectorAll(".sel, .nb").forEach((el) => el.classList.remove("sel", "nb"));
+      clone.insertBefore(s("rect", { x: 0, y: -header, width: g.width, height: g.height + header, fill: "#ffffff" }), clone.firstChild);
+      clone.appendChild(s("text", { x: 16, y: -22, "font-size": 15, "font-weight": 600, fill: "#0f172a", text: title || "" }));
+      clone.appendChild(
+        s("text", { x: 16, y: -6, "font-size": 11, fill: "#64748b", text: `${g.nodes.length} nodes, ${this.shown} of ${g.edges.length} edges shown; blue positive, red negative weight` })
+      );
+      return new XMLSerializer().serializeToString(clone);
+    }
+
+    /** A PNG (Blob) of toSVG, drawn at `scale` through a canvas. */
+    toPNG(title, scale = 2) {
+      const text = this.toSVG(title);
+      const [w, hgt] = [this.graph.width, this.graph.height + 44];
+      return new Promise((resolve, reject) => {
+        const img = new Image();
+        const url = URL.createObjectURL(new Blob([text], { type: "image/svg+xml" }));
+        img.onload = () => {
+          const canvas = h("canvas", { width: w * scale, height: hgt * scale });
+          const ctx = canvas.getContext("2d");
+          ctx.scale(scale, scale);
+          ctx.drawImage(img, 0, 0, w, hgt);
+          URL.revokeObjectURL(url);
+          canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("PNG export failed"))), "image/png");
+        };
+        img.onerror = () => reject(new Error("PNG export failed"));
+        img.src = url;
+      });
+    }
+  }
+  SC.GraphView = GraphView;
+
+  /** Slider (min |weight|, log scale), edge cap, zoom buttons and the count of edges drawn. */
+  SC.edgeControls = function (view) {
+    const count = h("span", { class: "count" });
+    const slider = h("input", { type: "range", min: 0, max: 1000, value: 0, "aria-label": "minimum edge weight" });
+    const thresholdLabel = h("span", { class: "threshold" });
+    const cap = h("select", { "aria-label": "edge cap" }, EDGE_CAPS.map((n) => h("option", { value: n, text: `${n} edges`, selected: n === view.maxEdges })));
+    const threshold = () => {
+      const p = Number(slider.value) / 1000;
+      if (p === 0 || !view.maxAbs) return 0;
+      const lo = Math.log(view.minAbs || view.maxAbs * 1e-3);
+      return Math.min(view.maxAbs, Math.exp(lo + p * (Math.log(view.maxAbs) - lo)));
+    };
+    let pending = false;
+    const update = () => {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => {
+        pending = false;
+        const t = threshold();
+        const n = view.setFilter(t, Number(cap.value));
+        thresholdLabel.textContent = t ? `|w| ≥ ${SC.fmt(t)}` : "all weights";
+        count.textContent = `${n} of ${view.graph.edges.length} edges drawn`;
+      });
+    };
+    slider.addEventListener("input", update);
+    cap.addEventListener("change", update);
+    update();
+    const button = (text, title, fn) => h("button", { type: "button", class: "small", title, text, on: { click: fn } });
+    return h(
+      "div",
+      { class: "controls" },
+      h("label", {}, "min |weight| ", slider, " ", thresholdLabel),
+      h("label", {}, "draw at most ", cap),
+      count,
+      h("span", { class: "spacer" }),
+      button("−", "zoom out (or Ctrl + wheel)", () => view.setZoom(view.zoom / 1.25)),
+      button("+", "zoom in (or Ctrl + wheel)", () => view.setZoom(view.zoom * 1.25)),
+      button("fit", "show the whole graph", () => view.fit(true))
+    );
+  };
+
+  SC.legend = function () {
+    const item = (colour, label, hollow) =>
+      h("span", { class: "legend-item" }, h("span", { class: "dot", style: { "background-color": hollow ? "#fff" : colour, "border-color": colour } }), label);
+    const line = (colour, label, dashed) => h("span", { class: "legend-item" }, h("span", { class: dashed ? "line dashed" : "line", style: { "border-color": colour } }), label);
+    return h(
+      "div",
+      { class: "legend" },
+      item("#64748b", "read", true),
+      item("#059669", "query"),
+      item("#d97706", "key"),
+      item("#7c3aed", "value"),
+      item("#db2777", "neuron"),
+      item("#334155", "write"),
+      line("#2563eb", "positive weight"),
+      line("#dc2626", "negative weight"),
+      line("#94a3b8", "residual link", true),
+      line("#d97706", "QK pair", true)
+    );
+  };
+
+  /** "12 nodes · 9 edges · loss 0.149 (target 0.15)" for a circuit's meta. */
+  SC.circuitFacts = function (meta) {
+    const counts = meta.counts || {};
+    const achieved = meta.achieved || {};
+    const parts = [`${counts.nodes ?? "?"} nodes`, `${counts.edges ?? "?"} edges`];
+    if (typeof achieved.loss === "number") parts.push(`loss ${SC.fmt(achieved.loss, 3)}` + (typeof meta.target_loss === "number" ? ` (target ${SC.fmt(meta.target_loss)})` : ""));
+    if (meta.ablation) parts.push(`${meta.ablation} ablation`);
+    return parts.join(" · ");
+  };
+
+  /** Rows of the edges of a node: the other end (a button that selects it) and the signed weight. */
+  function edgeList(view, indices, otherEnd) {
+    const g = view.graph;
+    const sorted = indices.slice().sort((x, y) => Math.abs(g.edges[y][2] || 0) - Math.abs(g.edges[x][2] || 0));
+    const shown = sorted.slice(0, 30);
+    const rows = shown.map((e) => {
+      const [a, b, w] = g.edges[e];
+      const j = otherEnd === "src" ? a : b;
+      const bar = h("span", { class: "wbar", style: { width: `${view.maxAbs ? (60 * Math.abs(w || 0)) / view.maxAbs : 0}px`, "background-color": SC.edgeColour(w) } });
+      return h("tr", {}, h("td", {}, nodeButton(view, j)), h("td", { class: "num", text: w === null ? "–" : SC.signed(w, 3) }), h("td", {}, bar));
+    });
+    const more = sorted.length > shown.length ? h("div", { class: "muted", text: `… and ${sorted.length - shown.length} more` }) : null;
+    return [h("table", { class: "edges" }, h("tbody", {}, rows)), more];
+  }
+
+  function nodeButton(view, j) {
+    const n = view.graph.nodes[j];
+    return h(
+      "button",
+      { type: "button", class: "link", title: SC.LOC_NAMES[n.loc] || n.loc, on: { click: () => view.select(j) } },
+      h("span", { class: "dot small", style: { "background-color": SC.NODE_COLOURS[n.loc] || "#334155" } }),
+      n.display
+    );
+  }
+
+  /** Name, location, ablation effect and all edges of node i, from the graph data alone. */
+  SC.nodeSummary = function (view, i, achievedLoss) {
+    const n = view.graph.nodes[i];
+    const adj = view.adj[i];
+    const info = n.info || {};
+    const facts = [["location", SC.LOC_NAMES[n.loc] || n.loc], ["layer", String(n.layer)]];
+    if (n.head !== undefined) facts.push(["head · channel", `${n.head} · ${n.ch}`]);
+    if (typeof info.ablation_effect === "number") {
+      const delta = typeof achievedLoss === "number" ? ` (${SC.signed(info.ablation_effect - achievedLoss)} vs the circuit)` : "";
+      facts.push(["ablation effect", `task loss ${SC.fmt(info.ablation_effect, 4)}${delta}`]);
+    }
+    if (typeof info.tau === "number") facts.push(["mask score τ", SC.fmt(info.tau, 3)]);
+    const section = (title, items, body) => (items.length ? [h("h4", { text: `${title} (${items.length})` }), body] : null);
+    const nodes = (list) => h("div", { class: "chips" }, list.map((j) => nodeButton(view, j)));
+    return h(
+      "div",
+      { class: "node-summary" },
+      h("div", { class: "node-title" }, h("span", { class: "dot", style: { "background-color": SC.NODE_COLOURS[n.loc] || "#334155" } }), h("span", { class: "mono", text: n.display })),
+      h("dl", { class: "kv" }, facts.map(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])),
+      section("input edges", adj.ins, edgeList(view, adj.ins, "src")),
+      section("output edges", adj.outs, edgeList(view, adj.outs, "dst")),
+      section("fed through the residual stream by", adj.resIn, nodes(adj.resIn)),
+      section("feeds through the residual stream", adj.resOut, nodes(adj.resOut)),
+      section("QK partner", adj.qk, nodes(adj.qk))
+    );
+  };
+})((window.SC = window.SC || {}));
