@@ -467,3 +467,21 @@ def test_forward_at_positions_equals_full_logits(opts):
         picked = model(idx, at=at)
     assert picked.shape == (4, 50)
     assert torch.allclose(picked, full[torch.arange(4), at], atol=1e-6)
+
+
+def test_abstopk_threshold_path_selects_the_reference_set():
+    from sparsecircuits.model.abstopk import abstopk_reference, abstopk_threshold
+
+    torch.manual_seed(0)
+    for shape, k in [((50, 64), 16), ((3, 7, 128), 64), ((10, 512), 128)]:
+        x = torch.randn(*shape, requires_grad=True)
+        fast, ref = abstopk_threshold(x, k), abstopk_reference(x, k)
+        assert torch.equal(fast, ref)
+        g = torch.randn(shape)
+        (gf,) = torch.autograd.grad((fast * g).sum(), x)
+        (gr,) = torch.autograd.grad((ref * g).sum(), x)
+        assert torch.equal(gf, gr)
+    ties = torch.tensor(
+        [[1.0, -1.0, 1.0, 0.5], [0.0, 0.0, 0.0, 2.0]]
+    )  # falls back: identical to the reference
+    assert torch.equal(abstopk_threshold(ties, 2), abstopk_reference(ties, 2))

@@ -17,7 +17,7 @@ LOSS_CONVENTION = (
     "binary cross-entropy of the correct vs the wrong token at the last position, mean over prompts "
     "(the paper authors' release sums the two prompts of a pair: twice this)"
 )
-MAX_EFFECT_NODES = 512  # per-node ablation effects cost one forward each
+MAX_EFFECT_NODES = 128  # per-node ablation effects cost one forward each (larger circuits: tau only)
 
 
 def gates_to_nodes(result: PruneResult, gates: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,167 @@
+"""Training-step cost of a dense model vs the weight- and activation-sparse model of the same shape.
+
+One step is split into its parts, each timed on its own (synchronising the GPU around each):
+  fwd+bwd      forward and backward with AbsTopK off (plain dense compute; sparse weights are still
+               stored and multiplied densely)
+  act top-k    the extra time of forward+backward with AbsTopK on (measured as on minus off)
+  optimizer    gradient-RMS clipping + AdamW step
+  weight top-k projection of every sparsified tensor onto the target L0 (sparse model only)
+
+Prints a table and writes JSON (default benchmarks/results/train_step.json).
+
+    python benchmarks/train_step.py                 # small CPU shape, about a minute
+    python benchmarks/train_step.py --gpu-shape     # d_model 1024, 2 layers, batch 32 x 512, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sparsecircuits.model.config import ModelConfig
+from sparsecircuits.model.gpt import GPT
+from sparsecircuits.train.config import TrainConfig
+from sparsecircuits.train.distributed import autocast, resolve_device
+from sparsecircuits.train.sparsity import WeightSparsifier
+from sparsecircuits.train.trainer import build_optimizer, clip_grad_rms_
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-layer", type=int, default=2)
+    p.add_argument("--d-head", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n-ctx", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--l0", type=float, default=0.01, help="kept weight fraction of the sparse model")
+    p.add_argument("--afrac", type=float, default=0.25, help="AbsTopK kept fraction of the sparse model")
+    p.add_argument("--iters", type=int, default=10, help="timed repetitions of each part")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    p.add_argument("--gpu-shape", action="store_true", help="d_model 1024, 2 layers, batch 32 x 512, bf16")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_step.json")
+    args = p.parse_args()
+    if args.gpu_shape:
+        args.d_model, args.n_layer, args.batch_size, args.n_ctx, args.dtype = 1024, 2, 32, 512, "bfloat16"
+    return args
+
+
+def model_config(args: argparse.Namespace, afrac: float) -> ModelConfig:
+    d = args.d_model
+    return ModelConfig(
+        vocab_size=args.vocab_size,
+        n_layer=args.n_layer,
+        d_model=d,
+        n_head=d // args.d_head,
+        d_head=args.d_head,
+        d_mlp=4 * d,
+        n_ctx=args.n_ctx,
+        afrac=afrac,
+    )
+
+
+def timeit(fn: Callable[[], None], device: torch.device, iters: int, warmup: int) -> float:
+    """Median wall time of fn() in seconds, with the device synchronised around each call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_model(args: argparse.Namespace, device: torch.device, sparse: bool) -> dict[str, float]:
+    torch.manual_seed(0)
+    afrac = args.afrac if sparse else 1.0
+    model = GPT(model_config(args, afrac)).to(device)
+    plain = GPT(model_config(args, 1.0)).to(device)  # same weights, AbsTopK off
+    plain.load_state_dict(model.state_dict())
+    cfg = TrainConfig(eps=0.1, lr=1e-3)
+    opt, _ = build_optimizer(model, cfg, device)
+    sparsifier = WeightSparsifier(model)
+    if sparse:
+        sparsifier.apply(args.l0)
+    x = torch.randint(0, args.vocab_size, (args.batch_size, args.n_ctx + 1), device=device)
+
+    def fwd_bwd(net: GPT) -> Callable[[], None]:
+        def run() -> None:
+            with autocast(device, args.dtype):
+                logits = net(x[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+            net.zero_grad(set_to_none=True)
+            loss.backward()
+
+        return run
+
+    def optimizer() -> None:
+        clip_grad_rms_(list(model.parameters()), 1.0)
+        opt.step()
+
+    parts = {"fwd_bwd": timeit(fwd_bwd(plain), device, args.iters, args.warmup)}
+    with_topk = timeit(fwd_bwd(model), device, args.iters, args.warmup)  # also leaves grads for the optimizer
+    parts["act_topk"] = max(0.0, with_topk - parts["fwd_bwd"]) if sparse else 0.0
+    parts["optimizer"] = timeit(optimizer, device, args.iters, args.warmup)
+    parts["weight_topk"] = (
+        timeit(lambda: sparsifier.apply(args.l0), device, args.iters, args.warmup) if sparse else 0.0
+    )
+    parts["step"] = sum(parts.values())
+    parts["tokens_per_s"] = args.batch_size * args.n_ctx / parts["step"]
+    parts["params"] = model.num_params()
+    return parts
+
+
+def main() -> None:
+    args = parse_args()
+    device = resolve_device(args.device)
+    rows = {
+        "dense": bench_model(args, device, sparse=False),
+        "sparse": bench_model(args, device, sparse=True),
+    }
+    shape = (
+        f"d_model {args.d_model}, {args.n_layer} layers, batch {args.batch_size} x {args.n_ctx}, "
+        f"vocab {args.vocab_size}, {args.dtype}"
+    )
+    print(f"train step on {device} ({torch.get_num_threads()} CPU threads): {shape}")
+    print(
+        f"sparse = weights L0 {args.l0:g} + AbsTopK afrac {args.afrac:g}; times in ms (median of {args.iters})"
+    )
+    header = f"{'model':<8}{'fwd+bwd':>10}{'act top-k':>11}{'weight top-k':>14}{'optimizer':>11}{'step':>10}{'tokens/s':>11}"
+    print(header)
+    print("-" * len(header))
+    for name, r in rows.items():
+        print(
+            f"{name:<8}{r['fwd_bwd'] * 1e3:>10.1f}{r['act_topk'] * 1e3:>11.1f}{r['weight_topk'] * 1e3:>14.1f}"
+            f"{r['optimizer'] * 1e3:>11.1f}{r['step'] * 1e3:>10.1f}{r['tokens_per_s']:>11.0f}"
+        )
+    print(f"sparse / dense step time: {rows['sparse']['step'] / rows['dense']['step']:.2f}x")
+    result = {
+        "benchmark": "train_step",
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "seconds": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
