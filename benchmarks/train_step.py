@@ -9,7 +9,7 @@ One step is split into its parts, each timed on its own (synchronising the GPU a
 
 Prints a table and writes JSON (default benchmarks/results/train_step.json).
 
-    python benchmarks/train_step.py                 # small CPU shape, about a minute
+    python benchmarks/train_step.py                 # the demo preset's shape, well under a minute on a CPU
     python benchmarks/train_step.py --gpu-shape     # d_model 1024, 2 layers, batch 32 x 512, bf16
 """
 
@@ -42,9 +42,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-ctx", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=2048)
-    p.add_argument("--l0", type=float, default=0.01, help="kept weight fraction of the sparse model")
-    p.add_argument("--afrac", type=float, default=0.25, help="AbsTopK kept fraction of the sparse model")
-    p.add_argument("--iters", type=int, default=10, help="timed repetitions of each part")
+    p.add_argument(
+        "--l0", type=float, default=0.25, help="kept weight fraction of the sparse model (demo: 0.25)"
+    )
+    p.add_argument(
+        "--afrac", type=float, default=0.5, help="AbsTopK kept fraction of the sparse model (demo: 0.5)"
+    )
+    p.add_argument("--iters", type=int, default=20, help="timed repetitions of each part")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))

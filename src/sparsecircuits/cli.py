@@ -17,6 +17,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("sparsecircuits.train.commands", "sample"),
     "tasks": ("sparsecircuits.tasks.commands", "tasks"),
     "eval": ("sparsecircuits.tasks.commands", "eval_cmd"),
+    "prune": ("sparsecircuits.circuits.commands", "prune"),
+    "validate": ("sparsecircuits.circuits.commands", "validate_cmd"),
+    "view": ("sparsecircuits.viewer.commands", "view"),
+    "demo": ("sparsecircuits.experiments.commands", "demo"),
+    "frontier": ("sparsecircuits.experiments.commands", "frontier"),
+    "import-openai": ("sparsecircuits.interop.commands", "import_openai"),
+    "bridges": ("sparsecircuits.bridges.commands", "bridges"),
 }
 
 
@@ -40,7 +47,8 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a UserError becomes one line on stderr and exit status 2."""
     try:
-        cli.main(args=argv, prog_name="sparsecircuits", standalone_mode=False)
+        # standalone_mode=False returns the exit code of --help and similar instead of exiting
+        code = cli.main(args=argv, prog_name="sparsecircuits", standalone_mode=False)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -55,3 +63,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,63 @@
+"""`sparsecircuits demo` (and later `frontier`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--out", default=Path("runs/demo"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--synthetic", "synthetic_mb", default=20.0, show_default=True, help="MB of synthetic idioms.")
+@click.option(
+    "--preset", default=None, help="Training preset (default: demo on CPU, demo-gpu where CUDA is present)."
+)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Training override for both models.")
+@click.option("--max-tasks", default=6, show_default=True, help="Tasks to prune (the two required first).")
+@click.option("--target-loss", default=0.15, show_default=True)
+@click.option("--prune-steps", default=300, show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--force", is_flag=True, help="Delete OUT and start again (default: resume finished stages).")
+def demo(out, synthetic_mb, preset, sets, max_tasks, target_loss, prune_steps, device, force) -> None:
+    """End to end on the embedded default: corpus, sparse and dense models, circuits, report."""
+    import torch
+
+    from sparsecircuits.experiments.demo import DemoConfig, run_demo
+    from sparsecircuits.train.config import PRESETS
+
+    if preset is None:
+        preset = (
+            "demo-gpu" if torch.cuda.is_available() and device != "cpu" and "demo-gpu" in PRESETS else "demo"
+        )
+    cfg = DemoConfig(
+        out=out,
+        synthetic_mb=synthetic_mb,
+        preset=preset,
+        sets=tuple(sets),
+        max_tasks=max_tasks,
+        target_loss=target_loss,
+        prune_steps=prune_steps,
+        device=device,
+        force=force,
+    )
+    run_demo(cfg)
+
+
+@click.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(path_type=Path), help="Frontier JSON config."
+)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+def frontier(config_path, device) -> None:
+    """Sweep models x tasks: pretraining loss, circuit sizes, and the sparse-vs-dense plots (resumable)."""
+    from sparsecircuits.experiments.frontier import FrontierConfig, run_frontier
+
+    cfg = FrontierConfig.load(config_path)
+    cfg.device = device
+    summary = run_frontier(cfg)
+    click.echo((cfg.out / "frontier.md").read_text())
+    click.echo(
+        f"wrote {cfg.out}/frontier.json, frontier.md, fig3_frontier.png"
+        + (", fig2_loss_vs_edges.png" if (summary.get("matched_pair") or {}).get("shared_tasks") else "")
+    )

@@ -1,0 +1,199 @@
+"""The one-command demo: corpus -> sparse and dense models -> task evaluation -> circuits -> report.
+
+Every stage writes into OUT and is skipped on a rerun when its output is already complete, so an
+interrupted demo resumes where it stopped. `--force` starts again from nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import torch
+
+from sparsecircuits.errors import UserError
+
+REQUIRED_TASKS = ("single_double_quote", "bracket_counting")
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("runs/demo")
+    sources: tuple[Path, ...] = ()  # default: the standard library
+    synthetic_mb: float = 20.0
+    preset: str = "demo"
+    dense_sets: tuple[str, ...] = ()  # extra --set for the dense model (e.g. a shorter run to match loss)
+    sets: tuple[str, ...] = ()  # extra --set for both models
+    max_tasks: int = 6  # tasks pruned: the two required ones plus the best-learned others
+    eval_pairs: int = 128
+    target_loss: float = 0.15
+    prune_steps: int = 300
+    device: str = "auto"
+    force: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def say(text: str) -> None:
+    click.echo(click.style("==> ", fg="green", bold=True) + text, err=True)
+
+
+def stage(cfg: DemoConfig, name: str):
+    """Time a stage into cfg.timings."""
+
+    class _Timer:
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+            say(name)
+
+        def __exit__(self, *exc):
+            cfg.timings[name] = round(time.perf_counter() - self.t0, 1)
+
+    return _Timer()
+
+
+def build_data(cfg: DemoConfig) -> Path:
+    from sparsecircuits.data.build import BuildConfig, build_dataset
+    from sparsecircuits.tasks.tokens import REQUIRED_TOKENS
+
+    out = cfg.out / "data"
+    if (out / "meta.json").is_file():
+        return out
+    with stage(cfg, f"building the corpus (standard library + {cfg.synthetic_mb:g} MB synthetic idioms)"):
+        build_dataset(
+            BuildConfig(
+                out=out,
+                sources=list(cfg.sources),
+                synthetic_mb=cfg.synthetic_mb,
+                required_tokens=REQUIRED_TOKENS,
+                force=True,
+            )
+        )
+    return out
+
+
+def train_model(cfg: DemoConfig, data: Path, kind: str) -> Path:
+    from sparsecircuits.run import MODEL_FILE
+    from sparsecircuits.train.trainer import train
+
+    out = cfg.out / kind
+    if (out / MODEL_FILE).is_file():
+        return out
+    sets = list(cfg.sets) + (list(cfg.dense_sets) if kind == "dense" else [])
+    resume = (out / "checkpoints").is_dir()
+    with stage(cfg, f"training the {kind} model (preset {cfg.preset})" + (" (resuming)" if resume else "")):
+        train(
+            data,
+            out,
+            cfg.preset,
+            dense=kind == "dense",
+            sets=sets,
+            resume=resume,
+            force=not resume,
+            device=None if cfg.device == "auto" else cfg.device,
+        )
+    return out
+
+
+def evaluate_models(cfg: DemoConfig, runs: dict[str, Path]) -> dict[str, dict]:
+    """Task loss and accuracy of each model on every task, plus pretraining validation loss."""
+    from sparsecircuits.run import load_run
+    from sparsecircuits.tasks import all_tasks
+    from sparsecircuits.tasks.evaluate import evaluate_task
+    from sparsecircuits.train.evaluate import validation_loss
+
+    path = cfg.out / "eval.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    results: dict[str, dict] = {}
+    with stage(cfg, "evaluating both models on the 20 tasks"):
+        for kind, run_dir in runs.items():
+            run = load_run(run_dir)
+            tasks = {}
+            for task in all_tasks():
+                try:
+                    tasks[task.name] = evaluate_task(run.model, run.tokenizer, task, n_pairs=cfg.eval_pairs)
+                except UserError as e:
+                    tasks[task.name] = {"error": str(e)}
+            results[kind] = {
+                "val_loss": validation_loss(run.model, run.config["data"]["dir"]),
+                "tasks": tasks,
+                "nonzero_params": run.model.num_nonzero(),
+                "total_params": run.model.num_params(),
+            }
+    from sparsecircuits.io import atomic_write_json
+
+    atomic_write_json(path, results)
+    return results
+
+
+def choose_tasks(cfg: DemoConfig, evals: dict[str, dict]) -> list[str]:
+    """The required tasks, then the tasks both models do best on (worst of the two losses, lowest first)."""
+
+    def worst(name: str) -> float:
+        return max(evals[k]["tasks"][name].get("loss", float("inf")) for k in evals)
+
+    others = sorted((n for n in evals["sparse"]["tasks"] if n not in REQUIRED_TASKS), key=worst)
+    return list(REQUIRED_TASKS) + others[: max(0, cfg.max_tasks - len(REQUIRED_TASKS))]
+
+
+def prune_tasks(cfg: DemoConfig, runs: dict[str, Path], tasks: list[str]) -> dict[str, dict[str, dict]]:
+    """Circuits for every (model, task); a task a model cannot reach is recorded with the reason."""
+    from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
+    from sparsecircuits.circuits.prune import PruneConfig
+    from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
+
+    out: dict[str, dict[str, dict]] = {}
+    pcfg = PruneConfig(target_loss=cfg.target_loss, steps=cfg.prune_steps)
+    for kind, run_dir in runs.items():
+        out[kind] = {}
+        session = None
+        for task in tasks:
+            path = cfg.out / "circuits" / kind / f"{task}.circuit.json"
+            skip = path.with_suffix(".skipped")
+            if path.is_file():
+                out[kind][task] = read_circuit(path)
+                continue
+            if skip.is_file():
+                out[kind][task] = {"skipped": skip.read_text().strip()}
+                continue
+            session = session or PruneSession(run_dir, pick_device(cfg.device))
+            with stage(cfg, f"pruning {task} in the {kind} model"):
+                try:
+                    circuit = prune_one(session, task, pcfg, 1, 256, cfg.eval_pairs, True)
+                except UserError as e:
+                    skip.parent.mkdir(parents=True, exist_ok=True)
+                    skip.write_text(str(e) + "\n")
+                    out[kind][task] = {"skipped": str(e)}
+                    click.echo(f"    not reached: {e}", err=True)
+                    continue
+            write_circuit(path, circuit)
+            out[kind][task] = circuit
+            click.echo(
+                f"    {circuit['counts']['nodes']} nodes, {circuit['counts']['edges']} edges", err=True
+            )
+    return out
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run every stage and write OUT/report.html. Returns the report path."""
+    from sparsecircuits.experiments.report import write_demo_report
+
+    if cfg.force and cfg.out.exists():
+        shutil.rmtree(cfg.out)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    data = build_data(cfg)
+    runs = {kind: train_model(cfg, data, kind) for kind in ("sparse", "dense")}
+    evals = evaluate_models(cfg, runs)
+    tasks = choose_tasks(cfg, evals)
+    circuits = prune_tasks(cfg, runs, tasks)
+    cfg.timings["total"] = round(time.perf_counter() - t0, 1)
+    report = write_demo_report(cfg, runs, evals, tasks, circuits)
+    say(f"report: {report}")
+    say(f"browse the circuits: sparsecircuits view {cfg.out}")
+    return report

@@ -1,0 +1,306 @@
+"""`sparsecircuits frontier`: models x tasks -> pretraining loss, circuit sizes, and the paper's two plots.
+
+A config file (JSON) names the dataset, the models and how to prune:
+
+    {
+      "data": "runs/demo/data",
+      "out": "runs/frontier",
+      "target_loss": 0.15,
+      "sweep_targets": [0.5, 0.3, 0.15, 0.08],
+      "tasks": ["single_double_quote", "bracket_counting"],      // default: all 20
+      "prune": {"steps": 300, "budget": 1},
+      "models": [
+        {"name": "dense-64", "preset": "demo", "dense": true, "set": ["model.d_model=64"]},
+        {"name": "sparse-128-l0.25", "preset": "demo", "set": ["train.l0_target=0.25"]},
+        {"name": "existing", "run": "runs/demo/sparse"}          // reuse a trained run as is
+      ]
+    }
+
+Every cell (a model trained, a task pruned) is written to OUT as it completes; a rerun skips finished cells.
+Outputs: OUT/frontier.json, OUT/frontier.md (table), OUT/fig2_loss_vs_edges.png (loss-matched sparse and dense
+pair over the sweep of targets), OUT/fig3_frontier.png (geometric-mean edges against pretraining loss).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sparsecircuits.errors import UserError
+from sparsecircuits.io import atomic_write_json, atomic_write_text, read_json
+
+MODEL_KEYS = {"name", "preset", "dense", "set", "run"}
+
+
+@dataclass
+class FrontierConfig:
+    data: Path
+    out: Path
+    models: list[dict[str, Any]]
+    tasks: list[str] = field(default_factory=list)
+    target_loss: float = 0.15
+    sweep_targets: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.15, 0.08])
+    prune: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+
+    @classmethod
+    def load(cls, path: Path) -> FrontierConfig:
+        raw = read_json(path, "frontier config")
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: a frontier config is a JSON object")
+        unknown = set(raw) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+        for key in ("data", "out", "models"):
+            if key not in raw:
+                raise UserError(f"{path}: missing {key!r}")
+        models = raw["models"]
+        if not isinstance(models, list) or not models:
+            raise UserError(f"{path}: 'models' must be a non-empty list")
+        names = [m.get("name") for m in models]
+        for m in models:
+            if not isinstance(m, dict) or not m.get("name") or set(m) - MODEL_KEYS:
+                raise UserError(f"{path}: each model needs a 'name' and only {sorted(MODEL_KEYS)}: {m}")
+        if len(set(names)) != len(names):
+            raise UserError(f"{path}: model names must be unique")
+        cfg = cls(**{**raw, "data": Path(raw["data"]), "out": Path(raw["out"])})
+        from sparsecircuits.tasks import get_task, task_names
+
+        cfg.tasks = cfg.tasks or task_names()
+        for t in cfg.tasks:
+            get_task(t)
+        return cfg
+
+
+def model_dir(cfg: FrontierConfig, m: dict) -> Path:
+    return Path(m["run"]) if m.get("run") else cfg.out / "models" / m["name"]
+
+
+def ensure_model(cfg: FrontierConfig, m: dict) -> Path:
+    """Train the model unless its run already has final weights (or it names an existing run)."""
+    from sparsecircuits.run import MODEL_FILE
+    from sparsecircuits.train.trainer import train
+
+    path = model_dir(cfg, m)
+    if (path / MODEL_FILE).is_file():
+        return path
+    if m.get("run"):
+        raise UserError(f"model {m['name']}: run {path} has no {MODEL_FILE}")
+    resume = (path / "checkpoints").is_dir()
+    click.echo(f"==> training {m['name']}" + (" (resuming)" if resume else ""), err=True)
+    train(
+        cfg.data,
+        path,
+        m.get("preset", "demo"),
+        dense=bool(m.get("dense")),
+        sets=m.get("set", []),
+        resume=resume,
+        force=not resume,
+        device=None if cfg.device == "auto" else cfg.device,
+    )
+    return path
+
+
+def model_row(cfg: FrontierConfig, m: dict, path: Path) -> dict:
+    """Pretraining validation loss and parameter counts of one model (cached in its cell file)."""
+    cell = cfg.out / "cells" / m["name"] / "model.json"
+    if cell.is_file():
+        return json.loads(cell.read_text())
+    from sparsecircuits.run import load_run
+    from sparsecircuits.train.evaluate import validation_loss
+
+    run = load_run(path)
+    row = {
+        "name": m["name"],
+        "path": str(path),
+        "kind": "dense" if _is_dense(run.config) else "sparse",
+        "val_loss": validation_loss(run.model, cfg.data),
+        "total_params": run.model.num_params(),
+        "nonzero_params": run.model.num_nonzero(),
+        "d_model": run.model.cfg.d_model,
+    }
+    atomic_write_json(cell, row)
+    return row
+
+
+def _is_dense(config: dict) -> bool:
+    return float((config.get("train") or {}).get("l0_target", 1.0)) >= 1.0
+
+
+def prune_cells(cfg: FrontierConfig, m: dict, path: Path) -> dict[str, dict]:
+    """Prune every task of one model; each task's summary is a cell file."""
+    from sparsecircuits.circuits.circuit_file import write_circuit
+    from sparsecircuits.circuits.prune import PruneConfig
+    from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
+
+    out: dict[str, dict] = {}
+    session = None
+    p = {"steps": 300, "budget": 1, "train_pairs": 256, "eval_pairs": 128, **cfg.prune}
+    pcfg = PruneConfig(target_loss=cfg.target_loss, steps=p["steps"])
+    for task in cfg.tasks:
+        cell = cfg.out / "cells" / m["name"] / f"{task}.json"
+        if cell.is_file():
+            out[task] = json.loads(cell.read_text())
+            continue
+        session = session or PruneSession(path, pick_device(cfg.device), data_dir=cfg.data)
+        click.echo(f"==> {m['name']}: pruning {task}", err=True)
+        try:
+            c = prune_one(
+                session,
+                task,
+                pcfg,
+                p["budget"],
+                p["train_pairs"],
+                p["eval_pairs"],
+                True,
+                tuple(cfg.sweep_targets),
+            )
+        except UserError as e:
+            row = {"task": task, "reached": False, "reason": str(e)}
+        else:
+            circuit_path = cfg.out / "circuits" / m["name"] / f"{task}.circuit.json"
+            write_circuit(circuit_path, c)
+            row = {
+                "task": task,
+                "reached": True,
+                "nodes": c["counts"]["nodes"],
+                "edges": c["counts"]["edges"],
+                "loss": c["achieved"]["loss"],
+                "sweep": c.get("sweep", []),
+                "circuit": str(circuit_path),
+            }
+        atomic_write_json(cell, row)
+        out[task] = row
+    return out
+
+
+def run_frontier(cfg: FrontierConfig) -> dict:
+    """Train/reuse every model, prune every task, write the table and plots. Returns the summary."""
+    from sparsecircuits.circuits.circuit import geometric_mean
+    from sparsecircuits.data.dataset import load_dataset
+
+    load_dataset(cfg.data)
+    rows = []
+    for m in cfg.models:
+        path = ensure_model(cfg, m)
+        row = model_row(cfg, m, path)
+        cells = prune_cells(cfg, m, path)
+        reached = [c for c in cells.values() if c["reached"]]
+        row.update(
+            tasks=cells,
+            tasks_reached=len(reached),
+            geomean_edges=geometric_mean([c["edges"] for c in reached]) if reached else None,
+        )
+        rows.append(row)
+    summary = {
+        "target_loss": cfg.target_loss,
+        "tasks": cfg.tasks,
+        "models": rows,
+        "matched_pair": matched_pair(rows, cfg.tasks),
+    }
+    atomic_write_json(cfg.out / "frontier.json", summary)
+    atomic_write_text(cfg.out / "frontier.md", markdown_table(summary))
+    write_plots(cfg, summary)
+    return summary
+
+
+def common_tasks(a: dict, b: dict, tasks: list[str]) -> list[str]:
+    return [t for t in tasks if a["tasks"][t]["reached"] and b["tasks"][t]["reached"]]
+
+
+def matched_pair(rows: list[dict], tasks: list[str]) -> dict | None:
+    """The sparse and dense models closest in validation loss, and their circuit-size ratio on shared tasks."""
+    from sparsecircuits.circuits.circuit import geometric_mean
+
+    pairs = [
+        (abs(s["val_loss"] - d["val_loss"]), s, d)
+        for s in rows
+        if s["kind"] == "sparse"
+        for d in rows
+        if d["kind"] == "dense"
+    ]
+    if not pairs:
+        return None
+    _, s, d = min(pairs, key=lambda p: p[0])
+    shared = common_tasks(s, d, tasks)
+    if not shared:
+        return {"sparse": s["name"], "dense": d["name"], "shared_tasks": [], "ratio": None}
+    gs = geometric_mean([s["tasks"][t]["edges"] for t in shared])
+    gd = geometric_mean([d["tasks"][t]["edges"] for t in shared])
+    return {
+        "sparse": s["name"],
+        "dense": d["name"],
+        "sparse_val_loss": s["val_loss"],
+        "dense_val_loss": d["val_loss"],
+        "shared_tasks": shared,
+        "sparse_geomean_edges": gs,
+        "dense_geomean_edges": gd,
+        "ratio": gd / gs,
+    }
+
+
+def markdown_table(summary: dict) -> str:
+    lines = [
+        f"# Frontier (target task loss {summary['target_loss']:g})",
+        "",
+        "| model | kind | total params | nonzero params | val loss | tasks reached | geomean edges |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary["models"]:
+        gm = f"{r['geomean_edges']:.1f}" if r["geomean_edges"] else "-"
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {r['total_params']:,} | {r['nonzero_params']:,} | "
+            f"{r['val_loss']:.4f} | {r['tasks_reached']}/{len(summary['tasks'])} | {gm} |"
+        )
+    lines += [
+        "",
+        "Edges per task:",
+        "",
+        "| task | " + " | ".join(r["name"] for r in summary["models"]) + " |",
+        "|---|" + "---:|" * len(summary["models"]),
+    ]
+    for t in summary["tasks"]:
+        cells = [str(r["tasks"][t].get("edges", "-")) for r in summary["models"]]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    mp = summary.get("matched_pair")
+    if mp and mp.get("ratio"):
+        lines += [
+            "",
+            f"Loss-matched pair: {mp['sparse']} (val {mp['sparse_val_loss']:.4f}) vs {mp['dense']} "
+            f"(val {mp['dense_val_loss']:.4f}) on {len(mp['shared_tasks'])} shared tasks: dense/sparse "
+            f"geometric-mean edges = {mp['ratio']:.2f}x (paper: about 16x).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(cfg: FrontierConfig, summary: dict) -> None:
+    from sparsecircuits.circuits.circuit import geometric_mean
+    from sparsecircuits.experiments import plots
+
+    fig = plots.frontier(summary["models"])
+    fig.savefig(cfg.out / "fig3_frontier.png", dpi=120, bbox_inches="tight")
+    mp = summary.get("matched_pair")
+    if not mp or not mp["shared_tasks"]:
+        return
+    by_name = {r["name"]: r for r in summary["models"]}
+    curves = {}
+    for kind in ("sparse", "dense"):
+        r = by_name[mp[kind]]
+        pts = []
+        for target in cfg.sweep_targets:
+            edges = [
+                next(
+                    (s["edges"] for s in r["tasks"][t]["sweep"] if s["target"] == target and s["reached"]),
+                    None,
+                )
+                for t in mp["shared_tasks"]
+            ]
+            if all(e is not None for e in edges):
+                pts.append({"k": geometric_mean(edges), "loss": target})
+        curves[f"{kind} ({r['name']})"] = pts
+    fig = plots.loss_vs_size(curves, cfg.target_loss, xlabel="geometric mean of circuit edges")
+    fig.savefig(cfg.out / "fig2_loss_vs_edges.png", dpi=120, bbox_inches="tight")

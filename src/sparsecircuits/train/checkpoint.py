@@ -1,0 +1,188 @@
+"""Checkpoints that resume a run exactly: weights, AdamW state, step, RNG and data-sampler state.
+
+Layout: RUN/checkpoints/step_00001000/{model.safetensors, optimizer.safetensors, state.json}.
+Each checkpoint is written into a hidden staging directory and renamed into place, so a killed process
+never leaves a half-written `step_*` directory. state.json records the SHA-256 of both tensor files, so a
+checkpoint damaged later (truncated copy, disk error) is refused with a clear message instead of
+resuming from garbage. Tensors are safetensors (never pickle); everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from sparsecircuits.errors import UserError
+from sparsecircuits.io import atomic_write_json, commit_dir, read_json, staging_dir
+from sparsecircuits.run import CHECKPOINT_DIR, load_tensors, load_weights, state_dict_for_saving
+
+FORMAT_VERSION = 1
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+# ---- RNG state <-> JSON --------------------------------------------------------------------------
+
+
+def encode_state(state: torch.Tensor) -> str:
+    """A generator state (uint8 tensor) as base64 text."""
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def decode_state(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def rng_states(data_gen: torch.Generator) -> dict[str, Any]:
+    """The data-order generator plus the global torch CPU and CUDA generators."""
+    states: dict[str, Any] = {
+        "data": encode_state(data_gen.get_state()),
+        "torch_cpu": encode_state(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch_cuda"] = [encode_state(s) for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def restore_rng_states(states: dict[str, Any], data_gen: torch.Generator) -> None:
+    data_gen.set_state(decode_state(states["data"]))
+    torch.set_rng_state(decode_state(states["torch_cpu"]))
+    cuda = states.get("torch_cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([decode_state(s) for s in cuda])
+
+
+# ---- optimizer state <-> flat tensors ------------------------------------------------------------
+
+
+def optimizer_tensors(
+    opt: torch.optim.Optimizer, names: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Flatten AdamW state to {"<param name>/<key>": tensor} plus JSON-able non-tensor values.
+
+    names: parameter names in the optimizer's parameter order (param_groups concatenated)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{names[idx]}/{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(names[idx], {})[key] = value
+    return tensors, scalars
+
+
+def load_optimizer_state(
+    opt: torch.optim.Optimizer, names: Sequence[str], tensors: dict[str, torch.Tensor], scalars: dict
+) -> None:
+    """Inverse of optimizer_tensors. Hyperparameters come from the freshly built optimizer (same config)."""
+    index = {name: i for i, name in enumerate(names)}
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in tensors.items():
+        name, _, key = flat.rpartition("/")
+        if name not in index:
+            raise UserError(
+                f"optimizer state names unknown parameter {name!r}: checkpoint does not match model"
+            )
+        state.setdefault(index[name], {})[key] = value
+    for name, values in scalars.items():
+        state.setdefault(index[name], {}).update(values)
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+# ---- save / find / load ------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with a state.json) as (step, path), oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1][1] if dirs else None
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    opt_names: Sequence[str],
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoints/step_<state["step"]> atomically and delete all but the newest `keep`.
+
+    state: JSON-able dict with at least "step" (plus tokens, RNG states, ...)."""
+    final = Path(run_dir) / CHECKPOINT_DIR / f"step_{state['step']:08d}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staging_dir(final, force=True)
+    try:
+        save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"))
+        tensors, scalars = optimizer_tensors(opt, opt_names)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        files = {f: _sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")}
+        atomic_write_json(
+            tmp / "state.json",
+            {"format": FORMAT_VERSION, **state, "optimizer_scalars": scalars, "sha256": files},
+        )
+        commit_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for _, old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, opt_names: Sequence[str]
+) -> dict[str, Any]:
+    """Verify and load a checkpoint into `model` and `opt`; return its state.json dict.
+
+    A damaged checkpoint is a UserError naming the file; delete that step_* directory to fall back to
+    an older one."""
+    path = Path(path)
+    state = read_json(path / "state.json", "checkpoint state")
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "step" not in state:
+        raise UserError(
+            f"checkpoint {path} has an unknown format (state.json format {state.get('format')!r})"
+        )
+    for name, digest in state.get("sha256", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise UserError(f"checkpoint is incomplete: {f} is missing")
+        if _sha256(f) != digest:
+            raise UserError(
+                f"checkpoint is corrupt or truncated: {f} does not match its checksum "
+                f"(delete {path} to resume from an earlier checkpoint)"
+            )
+    load_weights(model, path / "model.safetensors", "checkpoint weights")
+    tensors = load_tensors(path / "optimizer.safetensors", "checkpoint optimizer state")
+    load_optimizer_state(opt, opt_names, tensors, state.get("optimizer_scalars", {}))
+    return state
