@@ -20,6 +20,7 @@ def test_demo_smoke(tmp_path):
         synthetic_mb=0.3,
         preset="tiny",
         max_tasks=2,
+        relaxed_cap=1.5,
         eval_pairs=16,
         target_loss=1.0,
         prune_steps=5,

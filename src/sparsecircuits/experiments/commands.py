@@ -14,9 +14,9 @@ import click
     "--preset", default=None, help="Training preset (default: demo on CPU, demo-gpu where CUDA is present)."
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Training override for both models.")
-@click.option("--max-tasks", default=6, show_default=True, help="Tasks to prune (the two required first).")
+@click.option("--max-tasks", default=4, show_default=True, help="Tasks to prune (the two required first).")
 @click.option("--target-loss", default=0.15, show_default=True)
-@click.option("--prune-steps", default=300, show_default=True)
+@click.option("--prune-steps", default=150, show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--force", is_flag=True, help="Delete OUT and start again (default: resume finished stages).")
 def demo(out, synthetic_mb, preset, sets, max_tasks, target_loss, prune_steps, device, force) -> None:

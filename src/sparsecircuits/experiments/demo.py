@@ -28,10 +28,12 @@ class DemoConfig:
     preset: str = "demo"
     dense_sets: tuple[str, ...] = ()  # extra --set for the dense model (e.g. a shorter run to match loss)
     sets: tuple[str, ...] = ()  # extra --set for both models
-    max_tasks: int = 6  # tasks pruned: the two required ones plus the best-learned others
+    max_tasks: int = 4  # tasks pruned: the two required ones plus the best-learned others
     eval_pairs: int = 128
     target_loss: float = 0.15
-    prune_steps: int = 300
+    prune_steps: int = 150
+    prune_batch_pairs: int = 32
+    relaxed_cap: float = 0.6  # a task neither model learns below this is not pruned
     device: str = "auto"
     force: bool = False
     timings: dict[str, float] = field(default_factory=dict)
@@ -140,14 +142,25 @@ def choose_tasks(cfg: DemoConfig, evals: dict[str, dict]) -> list[str]:
     return list(REQUIRED_TASKS) + others[: max(0, cfg.max_tasks - len(REQUIRED_TASKS))]
 
 
-def prune_tasks(cfg: DemoConfig, runs: dict[str, Path], tasks: list[str]) -> dict[str, dict[str, dict]]:
+def task_target(cfg: DemoConfig, evals: dict[str, dict], task: str) -> float:
+    """The demo's target for a task: the paper's 0.15 where both models reach it comfortably, else a relaxed
+    target 0.1 above the worse model's unpruned loss (capped), so small CPU-trained models still show the
+    circuits they have. The report marks relaxed targets."""
+    worst = max(evals[k]["tasks"][task].get("loss", float("inf")) for k in evals)
+    if worst <= 0.8 * cfg.target_loss:
+        return cfg.target_loss
+    return round(min(cfg.relaxed_cap, worst + 0.1), 2)
+
+
+def prune_tasks(
+    cfg: DemoConfig, runs: dict[str, Path], tasks: list[str], targets: dict[str, float]
+) -> dict[str, dict[str, dict]]:
     """Circuits for every (model, task); a task a model cannot reach is recorded with the reason."""
     from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
     from sparsecircuits.circuits.prune import PruneConfig
     from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
 
     out: dict[str, dict[str, dict]] = {}
-    pcfg = PruneConfig(target_loss=cfg.target_loss, steps=cfg.prune_steps)
     for kind, run_dir in runs.items():
         out[kind] = {}
         session = None
@@ -161,7 +174,10 @@ def prune_tasks(cfg: DemoConfig, runs: dict[str, Path], tasks: list[str]) -> dic
                 out[kind][task] = {"skipped": skip.read_text().strip()}
                 continue
             session = session or PruneSession(run_dir, pick_device(cfg.device))
-            with stage(cfg, f"pruning {task} in the {kind} model"):
+            pcfg = PruneConfig(
+                target_loss=targets[task], steps=cfg.prune_steps, batch_pairs=cfg.prune_batch_pairs
+            )
+            with stage(cfg, f"pruning {task} in the {kind} model (target {targets[task]:g})"):
                 try:
                     circuit = prune_one(session, task, pcfg, 1, 256, cfg.eval_pairs, True)
                 except UserError as e:
@@ -191,9 +207,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     runs = {kind: train_model(cfg, data, kind) for kind in ("sparse", "dense")}
     evals = evaluate_models(cfg, runs)
     tasks = choose_tasks(cfg, evals)
-    circuits = prune_tasks(cfg, runs, tasks)
+    targets = {t: task_target(cfg, evals, t) for t in tasks}
+    circuits = prune_tasks(cfg, runs, tasks, targets)
     cfg.timings["total"] = round(time.perf_counter() - t0, 1)
-    report = write_demo_report(cfg, runs, evals, tasks, circuits)
+    report = write_demo_report(cfg, runs, evals, tasks, circuits, targets)
     say(f"report: {report}")
     say(f"browse the circuits: sparsecircuits view {cfg.out}")
     return report
