@@ -21,6 +21,7 @@ def test_demo_smoke(tmp_path):
         preset="tiny",
         max_tasks=2,
         relaxed_cap=1.5,
+        dense_sets=(),
         eval_pairs=16,
         target_loss=1.0,
         prune_steps=5,
