@@ -198,3 +198,35 @@ def test_build_reuses_a_given_tokenizer(tree, tmp_path):
 def test_nothing_to_build(tmp_path, capsys):
     assert _cli("data", "build", "--no-stdlib", "--out", str(tmp_path / "o")) == 2
     assert "nothing to build" in capsys.readouterr().err
+
+
+def test_hf_dataset_without_the_extra_says_how_to_install(tmp_path, capsys):
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        (tmp_path / "d.jsonl").write_text('{"content": "x = 1"}\n')
+        assert (
+            _cli(
+                "data",
+                "build",
+                "--hf-dataset",
+                str(tmp_path / "d.jsonl"),
+                "--no-stdlib",
+                "--out",
+                str(tmp_path / "o"),
+            )
+            == 2
+        )
+        assert "sparsecircuits[datasets]" in capsys.readouterr().err
+    else:  # with the extra installed: a local jsonl file is read offline
+        (tmp_path / "d.jsonl").write_text("".join(f'{{"content": "x{i} = {i}"}}\n' for i in range(200)))
+        meta = build_dataset(
+            BuildConfig(
+                out=tmp_path / "o",
+                no_stdlib=True,
+                hf_dataset=str(tmp_path / "d.jsonl"),
+                vocab_size=300,
+                progress=False,
+            )
+        )
+        assert meta["documents"]["train"] + meta["documents"]["val"] == 200
