@@ -222,8 +222,11 @@ def test_kill_and_resume_is_bit_identical(dataset, tmp_path, monkeypatch):
     steps = [r["step"] for r in metrics(killed)]
     assert steps == sorted(set(steps)) and steps[-1] == 12  # records after the checkpoint were replaced
     assert metrics(killed)[-1]["val_loss"] == metrics(straight)[-1]["val_loss"]
-    # Resuming a finished run is a no-op.
+    # Resuming a finished run is a no-op; one killed after its last checkpoint just writes the model.
     assert train(dataset, killed, resume=True, progress=False)["already_complete"]
+    (killed / "model.safetensors").unlink()
+    assert train(dataset, killed, resume=True, progress=False)["step"] == 12
+    assert torch.equal(tensors_of(killed / "model.safetensors")["lm_head.weight"], a["lm_head.weight"])
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(dataset, tmp_path, monkeypatch):

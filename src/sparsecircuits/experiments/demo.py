@@ -30,7 +30,7 @@ class DemoConfig:
     dense_sets: tuple[str, ...] = ("train.steps=1000",)
     sets: tuple[str, ...] = ()  # extra --set for both models
     max_tasks: int = 4  # tasks pruned: the two required ones plus the best-learned others
-    eval_pairs: int = 128
+    eval_pairs: int = 64
     target_loss: float = 0.15
     prune_steps: int = 150
     prune_batch_pairs: int = 32

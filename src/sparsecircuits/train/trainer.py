@@ -335,6 +335,8 @@ class Trainer:
                 since, t_last = 0, time.perf_counter()
             bar.close()
         if self.env.is_main:
+            if not last:  # resumed from the final checkpoint of a run killed before it saved the model
+                last = {"step": self.step, "val_loss": self.validation_loss()}
             save_model(self.model, run_dir / FINAL_MODEL_FILE)
             bigram = self.setup.bigram_val_loss
             vs = f" (bigram baseline {bigram:.4f})" if bigram is not None else ""
