@@ -13,6 +13,13 @@ from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
 from sparsecircuits.errors import UserError
 
 SUMMARY_FILE = "summary.json"
+DATA_OPTION = click.option(
+    "--data",
+    "data_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Pretraining dataset for mean activations (default: the one the model was trained on).",
+)
 
 
 def _summary_line(c: dict) -> str:
@@ -43,13 +50,7 @@ def _summary_line(c: dict) -> str:
     type=click.Path(path_type=Path),
     help="Circuit file (one task) or directory (several tasks).",
 )
-@click.option(
-    "--data",
-    "data_dir",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="Pretraining dataset for mean activations (default: the one the model was trained on).",
-)
+@DATA_OPTION
 @click.option("--target-loss", default=0.15, show_default=True, help="Task loss the circuit must reach.")
 @click.option(
     "--ablation", type=click.Choice(["mean", "zero", "resample"]), default="mean", show_default=True
@@ -187,13 +188,7 @@ def _write_summary(out: Path, rows: list[dict], target: float) -> None:
 @click.option(
     "--model", "model_dir", type=click.Path(path_type=Path), help="Run directory (default: as recorded)."
 )
-@click.option(
-    "--data",
-    "data_dir",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="Pretraining dataset for mean activations (default: the one the model was trained on).",
-)
+@DATA_OPTION
 @click.option("--n-pairs", default=128, show_default=True, help="Test pairs to evaluate on.")
 @click.option("--n-random", default=5, show_default=True, help="Random circuits for the baseline.")
 @click.option("--mean-windows", default=64, show_default=True)
