@@ -31,6 +31,7 @@ def test_demo_smoke(tmp_path):
     summary = json.loads((cfg.out / "report.json").read_text())
     assert report.is_file() and "<img src='data:image/png;base64," in report.read_text()
     assert summary["tasks_pruned"] == ["single_double_quote", "bracket_counting"]
+    assert set(summary["targets"]) == set(summary["tasks_pruned"])
     for kind in ("sparse", "dense"):
         for task in summary["tasks_pruned"]:
             circuit = json.loads((cfg.out / "circuits" / kind / f"{task}.circuit.json").read_text())

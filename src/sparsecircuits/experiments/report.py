@@ -70,6 +70,7 @@ def write_demo_report(
         "val_loss": {k: evals[k]["val_loss"] for k in runs},
         "bigram_val_loss": bigram,
         "tasks_pruned": tasks,
+        "targets": targets,
         "tasks_reached_both": both,
         "geomean_edges": gm,
         "dense_over_sparse_edges": ratio,
