@@ -55,17 +55,17 @@ def _summary_line(c: dict) -> str:
 @click.option(
     "--ablation", type=click.Choice(["mean", "zero", "resample"]), default="mean", show_default=True
 )
-@click.option("--steps", default=300, show_default=True, help="Mask training steps per trial.")
+@click.option("--steps", default=200, show_default=True, help="Mask training steps per trial.")
 @click.option(
     "--budget", default=1, show_default=True, help="Hyperparameter trials per task (1: Table 2 centers)."
 )
 @click.option("--k-coef", default=1e-4, show_default=True, help="Penalty per active node.")
 @click.option("--lr", default=3e-3, show_default=True, help="Mask learning rate.")
-@click.option("--batch-pairs", default=64, show_default=True, help="Pairs per mask training step.")
-@click.option("--train-pairs", default=256, show_default=True, help="Training pairs to draw batches from.")
 @click.option(
-    "--eval-pairs", default=128, show_default=True, help="Fixed validation pairs for the bisection."
+    "--batch-pairs", default=32, show_default=True, help="Pairs per mask training step (the paper: 64)."
 )
+@click.option("--train-pairs", default=256, show_default=True, help="Training pairs to draw batches from.")
+@click.option("--eval-pairs", default=64, show_default=True, help="Fixed validation pairs for the bisection.")
 @click.option(
     "--mean-windows", default=64, show_default=True, help="Pretraining windows for mean activations."
 )
