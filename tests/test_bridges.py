@@ -10,6 +10,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models
 
+from cli_helpers import run_cli
 from sparsecircuits import cli
 from sparsecircuits.bridges.config import BridgeConfig, build_bridge_config, split_sets
 from sparsecircuits.bridges.files import check_same_vocab, load_bridged
@@ -374,13 +375,6 @@ BRIDGE_SETS = [
     "train.eval_batch_size=2",
     "bridge.coef_nmse=0.5",
 ]
-
-
-def run_cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as e:
-        cli.main(args)
-        raise SystemExit(0)
-    return e.value.code
 
 
 @pytest.fixture

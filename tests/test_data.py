@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparsecircuits.cli import main
+from cli_helpers import run_cli
 from sparsecircuits.data.build import BuildConfig, build_dataset
 from sparsecircuits.data.corpus import CorpusStats, read_documents, split_of
 from sparsecircuits.data.dataset import load_dataset
@@ -136,9 +136,7 @@ def test_build_dataset_meta_matches_files(tree, tmp_path):
 
 
 def _cli(*args):
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code
+    return run_cli(list(args))
 
 
 def test_cli_bad_inputs(tree, tmp_path, capsys):

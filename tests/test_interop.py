@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import run_cli
 from sparsecircuits import cli
 from sparsecircuits.data.tokenizer import SPLIT_PATTERN
 from sparsecircuits.errors import UserError
@@ -452,13 +453,6 @@ def test_missing_tokenizer(tmp_path):
     write_checkpoint(tmp_path / "src", c, random_state_dict(c))
     with pytest.raises(UserError, match="use --tokenizer DIR"):
         import_openai(tmp_path / "src", tmp_path / "run")
-
-
-def run_cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as e:
-        cli.main(args)
-        raise SystemExit(0)
-    return e.value.code
 
 
 def test_cli(tmp_path, tok_dir, monkeypatch, capsys):

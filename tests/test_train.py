@@ -14,6 +14,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from cli_helpers import run_cli
 from sparsecircuits import cli
 from sparsecircuits.data.shards import write_tokens
 from sparsecircuits.data.synthetic import generate_programs
@@ -71,13 +72,6 @@ def commands(monkeypatch):
     """Register train/sample in the CLI (a no-op once cli.py registers them itself)."""
     monkeypatch.setitem(cli.COMMANDS, "train", ("sparsecircuits.train.commands", "train"))
     monkeypatch.setitem(cli.COMMANDS, "sample", ("sparsecircuits.train.commands", "sample"))
-
-
-def run_cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as e:
-        cli.main(args)
-        raise SystemExit(0)
-    return e.value.code
 
 
 def tensors_of(path: Path) -> dict[str, torch.Tensor]:
