@@ -14,7 +14,6 @@ Single process only.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -40,7 +39,6 @@ from sparsecircuits.bridges.modules import BridgedModel, Bridges, check_compatib
 from sparsecircuits.data.shards import TokenSampler, iter_eval_batches
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.errors import UserError
-from sparsecircuits.io import atomic_write_text
 from sparsecircuits.model.gpt import GPT
 from sparsecircuits.run import METRICS_FILE, MODEL_FILE, Run, load_run, save_model
 from sparsecircuits.train import checkpoint as ckpt
@@ -293,14 +291,14 @@ class BridgeTrainer:
     def fit(self) -> dict[str, Any]:
         """Train to cfg.steps with logging, evaluation and checkpoints; then write the final files."""
         cfg, run_dir = self.cfg, self.run.run_dir
-        _trim_metrics(run_dir / METRICS_FILE, self.step)
+        ckpt.trim_metrics(run_dir / METRICS_FILE, self.step)
         self._say(self._summary())
         t_start = time.perf_counter()
         last: dict[str, Any] = {}
         with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as log:
             if self.step == 0:
                 last = self._start_record()
-                _write(log, last)
+                ckpt.append_metrics(log, last)
             bar = tqdm(
                 total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", desc="bridges"
             )
@@ -320,7 +318,7 @@ class BridgeTrainer:
                 self._check_finite(means["loss"])
                 dt = time.perf_counter() - t_last
                 last = self._record(step, means, grad_rms, since * self.tokens_per_step / dt)
-                _write(log, last)
+                ckpt.append_metrics(log, last)
                 bar.set_postfix(_postfix(means), refresh=False)
                 if self._due(self.step, cfg.ckpt_every):
                     self.save_checkpoint()
@@ -437,26 +435,6 @@ def _postfix(means: dict[str, float]) -> dict[str, str]:
         if k in means:
             shown[k] = means[k]
     return {k: f"{v:.3f}" for k, v in shown.items()}
-
-
-def _write(log: Any, rec: dict[str, Any]) -> None:
-    log.write(json.dumps(rec) + "\n")
-    log.flush()
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint, so every step appears once."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("step", 0) <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def train_bridges(

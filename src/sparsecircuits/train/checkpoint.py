@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import shutil
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sparsecircuits.errors import UserError
-from sparsecircuits.io import atomic_write_json, commit_dir, read_json, staging_dir
+from sparsecircuits.io import atomic_write_json, atomic_write_text, commit_dir, read_json, staging_dir
 from sparsecircuits.run import CHECKPOINT_DIR, load_tensors, load_weights, state_dict_for_saving
 
 FORMAT_VERSION = 1
@@ -186,3 +187,24 @@ def load_checkpoint(
     tensors = load_tensors(path / "optimizer.safetensors", "checkpoint optimizer state")
     load_optimizer_state(opt, opt_names, tensors, state.get("optimizer_scalars", {}))
     return state
+
+
+def append_metrics(log: Any, rec: dict[str, Any]) -> None:
+    """Write one metrics record as a JSON line and flush, so a killed run keeps every logged step."""
+    log.write(json.dumps(rec) + "\n")
+    log.flush()
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop metrics records written after the checkpoint at `step`, so every step appears once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a kill
+        if rec.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

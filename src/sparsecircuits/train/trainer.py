@@ -13,7 +13,6 @@ metrics.jsonl, checkpoints/ and finally model.safetensors. Only rank 0 writes fi
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import shutil
 import time
@@ -34,7 +33,7 @@ from sparsecircuits.data.dataset import DatasetDir, load_dataset
 from sparsecircuits.data.shards import TokenSampler
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.errors import UserError
-from sparsecircuits.io import atomic_write, atomic_write_json, atomic_write_text, read_json
+from sparsecircuits.io import atomic_write, atomic_write_json, read_json
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.gpt import GPT
 from sparsecircuits.run import CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, save_model
@@ -293,13 +292,13 @@ class Trainer:
         metrics_path = run_dir / METRICS_FILE
         last: dict[str, Any] = {}
         if self.env.is_main:
-            self._trim_metrics(metrics_path)
+            ckpt.trim_metrics(metrics_path, self.step)
         self._say(self._summary())
         t_start = time.perf_counter()
         with open(metrics_path, "a", encoding="utf-8") if self.env.is_main else _NullFile() as log:
             if self.step == 0:
                 last = self._start_record()
-                self._write(log, last)
+                ckpt.append_metrics(log, last)
             bar = tqdm(
                 total=cfg.steps,
                 initial=self.step,
@@ -322,7 +321,7 @@ class Trainer:
                 loss_mean = self._global_mean(loss_sum / since)
                 dt = time.perf_counter() - t_last
                 last = self._record(step, loss_mean, grad_rms, since * self.tokens_per_step / dt)
-                self._write(log, last)
+                ckpt.append_metrics(log, last)
                 bar.set_postfix(
                     loss=f"{loss_mean:.3f}",
                     tok_s=f"{last['tokens_per_s']:.0f}",
@@ -422,10 +421,6 @@ class Trainer:
             rec["val_loss"] = self.validation_loss()
         return rec
 
-    def _write(self, log: Any, rec: dict[str, Any]) -> None:
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-
     def validation_loss(self) -> float:
         return evaluate_loss(
             self.model,
@@ -456,20 +451,6 @@ class Trainer:
         state = ckpt.load_checkpoint(path, self.model, self.opt, self.opt_names)
         ckpt.restore_rng_states(state["rng"], self.data_gen)
         self.step = int(state["step"])
-
-    def _trim_metrics(self, path: Path) -> None:
-        """On resume, drop records written after the checkpoint, so every step appears once."""
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut off by a kill
-            if rec.get("step", 0) <= self.step:
-                kept.append(line)
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 class _NullFile:
