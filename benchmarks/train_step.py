@@ -11,6 +11,7 @@ Prints a table and writes JSON (default benchmarks/results/train_step.json).
 
     python benchmarks/train_step.py                 # the demo preset's shape, well under a minute on a CPU
     python benchmarks/train_step.py --gpu-shape     # d_model 1024, 2 layers, batch 32 x 512, bf16
+    python benchmarks/train_step.py --sink          # sparse model with attention sinks: fused vs reference
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sparsecircuits.model import sink_attention
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.gpt import GPT
 from sparsecircuits.train.config import TrainConfig
@@ -53,6 +55,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     p.add_argument("--gpu-shape", action="store_true", help="d_model 1024, 2 layers, batch 32 x 512, bf16")
+    p.add_argument(
+        "--sink",
+        action="store_true",
+        help="give the sparse model attention sinks; adds a row with the reference (explicit-probability) sink",
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_step.json")
     args = p.parse_args()
     if args.gpu_shape:
@@ -60,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def model_config(args: argparse.Namespace, afrac: float) -> ModelConfig:
+def model_config(args: argparse.Namespace, afrac: float, sink: bool = False) -> ModelConfig:
     d = args.d_model
     return ModelConfig(
         vocab_size=args.vocab_size,
@@ -71,6 +78,7 @@ def model_config(args: argparse.Namespace, afrac: float) -> ModelConfig:
         d_mlp=4 * d,
         n_ctx=args.n_ctx,
         afrac=afrac,
+        sink=sink,
     )
 
 
@@ -89,11 +97,13 @@ def timeit(fn: Callable[[], None], device: torch.device, iters: int, warmup: int
     return statistics.median(times)
 
 
-def bench_model(args: argparse.Namespace, device: torch.device, sparse: bool) -> dict[str, float]:
+def bench_model(
+    args: argparse.Namespace, device: torch.device, sparse: bool, sink: bool = False
+) -> dict[str, float]:
     torch.manual_seed(0)
     afrac = args.afrac if sparse else 1.0
-    model = GPT(model_config(args, afrac)).to(device)
-    plain = GPT(model_config(args, 1.0)).to(device)  # same weights, AbsTopK off
+    model = GPT(model_config(args, afrac, sink)).to(device)
+    plain = GPT(model_config(args, 1.0, sink)).to(device)  # same weights, AbsTopK off
     plain.load_state_dict(model.state_dict())
     cfg = TrainConfig(eps=0.1, lr=1e-3)
     opt, _ = build_optimizer(model, cfg, device)
@@ -134,25 +144,34 @@ def main() -> None:
     device = resolve_device(args.device)
     rows = {
         "dense": bench_model(args, device, sparse=False),
-        "sparse": bench_model(args, device, sparse=True),
+        "sparse": bench_model(args, device, sparse=True, sink=args.sink),
     }
+    if args.sink:
+        sink_attention.USE_FUSED_SINK = False
+        rows["sparse-ref-sink"] = bench_model(args, device, sparse=True, sink=True)
+        sink_attention.USE_FUSED_SINK = True
     shape = (
         f"d_model {args.d_model}, {args.n_layer} layers, batch {args.batch_size} x {args.n_ctx}, "
         f"vocab {args.vocab_size}, {args.dtype}"
     )
     print(f"train step on {device} ({torch.get_num_threads()} CPU threads): {shape}")
+    sinks = " + attention sinks" if args.sink else ""
     print(
-        f"sparse = weights L0 {args.l0:g} + AbsTopK afrac {args.afrac:g}; times in ms (median of {args.iters})"
+        f"sparse = weights L0 {args.l0:g} + AbsTopK afrac {args.afrac:g}{sinks}; "
+        f"times in ms (median of {args.iters})"
     )
-    header = f"{'model':<8}{'fwd+bwd':>10}{'act top-k':>11}{'weight top-k':>14}{'optimizer':>11}{'step':>10}{'tokens/s':>11}"
+    header = f"{'model':<16}{'fwd+bwd':>10}{'act top-k':>11}{'weight top-k':>14}{'optimizer':>11}{'step':>10}{'tokens/s':>11}"
     print(header)
     print("-" * len(header))
     for name, r in rows.items():
         print(
-            f"{name:<8}{r['fwd_bwd'] * 1e3:>10.1f}{r['act_topk'] * 1e3:>11.1f}{r['weight_topk'] * 1e3:>14.1f}"
+            f"{name:<16}{r['fwd_bwd'] * 1e3:>10.1f}{r['act_topk'] * 1e3:>11.1f}{r['weight_topk'] * 1e3:>14.1f}"
             f"{r['optimizer'] * 1e3:>11.1f}{r['step'] * 1e3:>10.1f}{r['tokens_per_s']:>11.0f}"
         )
     print(f"sparse / dense step time: {rows['sparse']['step'] / rows['dense']['step']:.2f}x")
+    if args.sink:
+        ref = rows["sparse-ref-sink"]["step"] / rows["sparse"]["step"]
+        print(f"reference sink / fused sink step time: {ref:.2f}x")
     result = {
         "benchmark": "train_step",
         "device": str(device),

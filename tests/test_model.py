@@ -349,6 +349,30 @@ def test_sink_matches_explicit_reference():
     assert torch.allclose(captured["y"].double(), expected, atol=1e-6, rtol=1e-6)
 
 
+def test_fused_sink_matches_reference_values_and_gradients(monkeypatch):
+    from sparsecircuits.model import sink_attention
+
+    model, idx = make(sink=True), tokens()
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.attn_imp.sink_logit.copy_(torch.tensor([-1.0, 0.0, 0.5, 2.0]))
+            block.attn.c_attn.weight.mul_(10.0)
+
+    def run(fused: bool):
+        monkeypatch.setattr(sink_attention, "USE_FUSED_SINK", fused)
+        model.zero_grad()
+        logits = model(idx)
+        logits.square().mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (ref, ref_grads), (out, grads) = run(False), run(True)
+    tol = 1e-5
+    assert torch.allclose(out, ref, atol=tol, rtol=tol)
+    assert grads.keys() == ref_grads.keys() and any("sink_logit" in n for n in grads)
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], atol=tol, rtol=1e-4), name
+
+
 def test_sink_pattern_rows_sum_below_one():
     model, idx = make(sink=True), tokens()
     seen = {}

@@ -164,12 +164,15 @@ def test_required_tokens_are_single_pre_tokens():
 
 def test_each_candidate_is_the_next_pre_token_of_every_prompt(samples):
     """Pre-tokenizing text + candidate gives text's pre-tokens and the candidate whole, for both
-    candidates, so the tokenizer would produce exactly that token at the predicted position."""
+    candidates; and in the full program (correct candidate, then the rest of the code) the candidate is
+    still the next pre-token, so the tokenizer produces exactly that token there in real text."""
     for name, pairs in samples.items():
         for p in prompts(pairs):
             base = pre_tokenize(p.text)
             for cand in (p.correct, p.wrong):
                 assert pre_tokenize(p.text + cand) == base + [cand], (name, p.text[-40:], cand)
+            full = pre_tokenize(p.text + p.correct + p.closing)
+            assert full[: len(base) + 1] == base + [p.correct], (name, p.text[-40:], full[len(base)])
 
 
 @pytest.fixture(scope="module")

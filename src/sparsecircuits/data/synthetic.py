@@ -24,6 +24,11 @@ WORDS = (
     "hello world spam eggs alpha beta gamma delta done ready error warning ok yes no red green blue "
     "north south small large open closed data info debug value"
 ).split()
+# Calls that take a message string, and words for longer messages.
+SAYERS = "print log.debug log.error out.write report notify say emit fail abort".split() + [
+    f"raise {e}" for e in ("TypeError", "KeyError", "IOError", "AssertionError")
+]
+VERBS = "reading writing opening closing sending got lost bad empty wrong too many not enough".split()
 
 
 class Gen:
@@ -49,6 +54,23 @@ class Gen:
         words = " ".join(self.r.choice(WORDS) for _ in range(self.r.randint(1, 3)))
         q = self.r.choice(['"', "'"])
         return f"{q}{words}{q}"
+
+    def message(self) -> str:
+        """A call with a message of one to seven words, in either quote: the quote must be closed in kind."""
+        r = self.r
+        words = [r.choice(r.choice((WORDS, NOUNS, VERBS, ADJ))) for _ in range(r.randint(1, 7))]
+        q = r.choice(['"', "'"])
+        return f"{r.choice(SAYERS)}({q}{' '.join(words)}{q})"
+
+    def matrix(self) -> str:
+        """A list of two to four rows of numbers or names, or the same items as one flat list."""
+        r = self.r
+        rows, cols = r.randint(2, 4), r.randint(2, 4)
+        item = r.choice([self.num, lambda: r.choice("abcdxyz"), lambda: r.choice(["-1", "0.5", "2.0"])])
+        cells = [[item() for _ in range(cols)] for _ in range(rows)]
+        if r.random() < 0.5:
+            return "[" + ", ".join("[" + ", ".join(row) + "]" for row in cells) + "]"
+        return "[" + ", ".join(x for row in cells for x in row) + "]"
 
     def atom(self) -> str:
         return self.r.choice(
@@ -122,6 +144,10 @@ class Gen:
                     lambda: f"{v} = lambda {v[0]}: {v[0]} {r.choice(['+', '*'])} {self.num()}",
                     lambda: f"{v}[{self.string()}] = {self.atom()}",
                     lambda: f"assert {self.cond()}",
+                    self.message,
+                    self.message,
+                    lambda: f"{v} = {self.matrix()}",
+                    lambda: f"{v} = {r.choice(['np.array', 'tuple', 'list'])}({self.matrix()})",
                 ]
             )()
         ]

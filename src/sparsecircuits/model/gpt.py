@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsecircuits.errors import UserError
+from sparsecircuits.model import sink_attention
 from sparsecircuits.model.abstopk import abstopk
 from sparsecircuits.model.config import NODE_LOCATIONS, ModelConfig
 
@@ -142,20 +143,24 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = q.shape
         q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))
         sink = None if self.attn_imp is None else self.attn_imp.sink_logit
-        if sink is None and not hook.has("attn.pattern"):
-            y = self._sdpa(q, k, v)
-        else:
+        fused = sink is None or sink_attention.USE_FUSED_SINK
+        y = None
+        if hook.has("attn.pattern") or not fused:
             probs = attention_probs(q, k, sink)
             patched = hook("attn.pattern", probs)
-            if patched is probs and sink is None:
-                # Read-only pattern hooks keep the fast path, so they never perturb the logits.
-                y = self._sdpa(q, k, v)
-            else:
+            # A patched pattern is applied as given; read-only hooks keep the fused path, so they never
+            # perturb the logits.
+            if patched is not probs or not fused:
                 y = patched.to(v.dtype) @ v
+        if y is None:
+            y = self._sdpa(q, k, v, sink)
         return y.transpose(1, 2).reshape(B, T, self.n_head * self.d_head)
 
-    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(self.d_head))
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, sink: Tensor | None) -> Tensor:
+        scale = 1.0 / math.sqrt(self.d_head)
+        if sink is not None:
+            return sink_attention.sink_attention(q, k, v, sink, scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
 
 class MLP(nn.Module):

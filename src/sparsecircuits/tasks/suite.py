@@ -68,7 +68,9 @@ def _message(rng: random.Random) -> str:
 def single_double_quote(rng: random.Random) -> Draft:
     sc = scope(rng, forbid=('"', "'"), n_statements=(0, 3))
     before = sc.header + sc.ind + rng.choice(QUOTE_CALLS)
-    return Draft(before, '("', "('", _message(rng), '")', "')", NL, NL)
+    # The split pattern folds a line end into a run of punctuation: `")\n` is one pre-token, so it is the
+    # token a model actually predicts here (the paper's tokenizer had `")`; see docs/data.md).
+    return Draft(before, '("', "('", _message(rng), '")\n', "')\n")
 
 
 # ---- 2 final_kwarg -----------------------------------------------------------------------------------------
@@ -245,7 +247,9 @@ def bracket_brace(rng: random.Random) -> Draft:
         lead, end = ("return " if form == "return" else f"{rng.choice(BB_VARS)} = "), ""
     if form == "multiline":
         key = f"\n{sc.ind}    {key}"
-        closing_pos, closing_neg = f" 1,\n{sc.ind}}}\n", f"\n{sc.ind}]\n"
+        # A second item on the line: a comma at a line end would be the pre-token `,\n`, not `,`.
+        other = f"{q}b{q}" if q else "2"
+        closing_pos, closing_neg = f" 1,\n{sc.ind}}}\n", f" {other},\n{sc.ind}]\n"
     else:
         other = f"{q}b{q}" if q else "2"
         closing_pos, closing_neg = f" 1}}{end}\n", f" {other}]{end}\n"
@@ -311,19 +315,14 @@ def bracket_counting(rng: random.Random) -> Draft:
     nested = "[" + "], [".join(", ".join(elems[r * cols : (r + 1) * cols]) for r in range(rows))
     flat = ", ".join(elems)
     var = rng.choice(BC_VARS)
-    form = rng.choice(("assign", "assign", "return", "array", "self"))
+    form = rng.choice(("assign", "assign", "return", "self"))
     if (form == "return" and not sc.ind) or (form == "self" and "(self" not in sc.header):
         form = "assign"
-    lead = {
-        "assign": f"{var} = ",
-        "return": "return ",
-        "array": f"{var} = np.array(",
-        "self": f"self.{var} = ",
-    }
-    end = ")\n" if form == "array" else "\n"
+    lead = {"assign": f"{var} = ", "return": "return ", "self": f"self.{var} = "}
     before = sc.header + sc.ind + lead[form] + "["
     key = before + "\x00" + ",".join(elems)
-    return Draft(before, nested, flat, "", "]]", "]", end, end, key=key)
+    # The line end belongs to the closing pre-token (`]]\n`), as in single_double_quote.
+    return Draft(before, nested, flat, "", "]]\n", "]\n", key=key)
 
 
 # ---- 10 for_while -------------------------------------------------------------------------------------------
@@ -582,7 +581,7 @@ TASKS: tuple[Task, ...] = (
         "single_double_quote",
         "Close a string with the quote it was opened with.",
         "opening `(\"` vs `('`",
-        ('")', "')"),
+        ('")\n', "')\n"),
         single_double_quote,
         max_cue_chars=2,
     ),
@@ -646,7 +645,7 @@ TASKS: tuple[Task, ...] = (
         "bracket_counting",
         "Close a list nested two deep with `]]`, a flat list with `]`.",
         "list of lists vs flat list",
-        ("]]", "]"),
+        ("]]\n", "]\n"),
         bracket_counting,
         max_cue_chars=60,
     ),
