@@ -484,3 +484,28 @@ def test_train_resume_and_steer_on_disk(dataset, dense_run, tmp_path, commands, 
     assert run_cli([*train_cmd, "--out", str(tmp_path / "x")]) == 2  # no --dense
     assert not (tmp_path / "x").exists()
     assert run_cli([*train_cmd, "--dense", str(dense_run), "--out", str(out)]) == 2  # exists, no --force
+
+
+def test_init_starts_from_a_trained_sparse_run(dataset, dense_run, tmp_path, commands, capsys):
+    sparse = tmp_path / "sparse"
+    sets = [*SMALL, "model.d_model=24", "train.steps=2", "train.batch_size=2", "train.eval_batches=1"]
+    train(dataset, sparse, preset="tiny", sets=sets, progress=False)
+    start = load_tensors(sparse / "model.safetensors")
+
+    out = tmp_path / "bridged"
+    args = ["bridges", "train", "--dense", str(dense_run), "--data", str(dataset), "--out", str(out)]
+    args += ["--preset", "tiny", "--quiet", "--init", str(sparse)]
+    args += [x for s in [*BRIDGE_SETS, "train.steps=1", "train.lr=1e-12"] for x in ("--set", s)]
+    assert run_cli(args) == 0
+    meta = json.loads((out / "bridges.json").read_text())
+    assert meta["init"]["content_hash"] == model_content_hash(load_run(sparse).model)
+    assert json.loads((out / "config.json").read_text())["train"]["anneal_frac"] == 0
+    after = load_tensors(out / "model.safetensors")  # lr ~0: the init weights, projected to the same L0
+    assert all(torch.allclose(after[k], v, atol=1e-8) for k, v in start.items())
+
+    capsys.readouterr()
+    other = tmp_path / "other"
+    args[args.index(str(out))] = str(other)
+    args += ["--set", "model.d_mlp=32"]
+    assert run_cli(args) == 2
+    assert "its model differs" in capsys.readouterr().err and not other.exists()

@@ -40,3 +40,49 @@ def test_demo_smoke(tmp_path):
     before = (cfg.out / "sparse" / "model.safetensors").stat().st_mtime_ns
     run_demo(DemoConfig(**{**cfg.__dict__, "timings": {}}))
     assert (cfg.out / "sparse" / "model.safetensors").stat().st_mtime_ns == before
+
+
+# ---- shipped demo models ------------------------------------------------------------------------------
+
+
+def _fake_run(path: Path, tag: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"data": {"dir": "/elsewhere", "content_hash": "x"}}))
+    (path / "model.safetensors").write_bytes(f"weights {tag}".encode())
+    (path / "metrics.jsonl").write_text('{"step": 1}\n')
+    (path / "tokenizer.json").write_text("{}")
+    return path
+
+
+def test_shipped_models_pack_verify_and_install(tmp_path):
+    from sparsecircuits.data.build import BuildConfig, build_dataset
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.experiments import shipped
+
+    runs = {k: _fake_run(tmp_path / "runs" / k, k) for k in shipped.KINDS}
+    root = tmp_path / "artifacts"
+    shipped.pack(runs, root)
+    assert shipped.available(root)
+    shipped.verify(root)
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 20)
+    data = tmp_path / "data"
+    build_dataset(BuildConfig(out=data, sources=[src], vocab_size=300, val_fraction=0.5, progress=False))
+    out = shipped.install(root, "dense", tmp_path / "demo" / "dense", data)
+    config = json.loads((out / "config.json").read_text())
+    meta = json.loads((data / "meta.json").read_text())
+    assert config["data"]["dir"] == str(data.resolve())
+    assert config["data"]["content_hash"] == meta["content_hash"]
+    assert config["trained_on"] == {"dir": "/elsewhere", "content_hash": "x"}
+    assert (out / "model.safetensors").read_bytes() == b"weights dense"
+
+    (root / "sparse" / "model.safetensors").write_bytes(b"weights tampered")
+    with pytest.raises(UserError, match="does not match its SHA-256"):
+        shipped.verify(root)
+    (root / "sparse" / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="missing"):
+        shipped.verify(root)
+

@@ -38,7 +38,13 @@ def bridges() -> None:
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: train.device."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_cmd(dense_dir, data_dir, out, preset, sets, resume, force, device, quiet) -> None:
+@click.option(
+    "--init",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start the sparse model from this trained sparse run (same model config), at its L0 from step 0.",
+)
+def train_cmd(dense_dir, data_dir, out, preset, sets, resume, force, device, quiet, init) -> None:
     """Train a sparse model jointly with bridges to a frozen dense model.
 
     Loss: LM + NMSE (both directions) + KL d->s + KL s->d, summed over the 2 * n_layer sites before each
@@ -46,7 +52,9 @@ def train_cmd(dense_dir, data_dir, out, preset, sets, resume, force, device, qui
     bridges.safetensors. The sparse model takes the dense model's n_layer."""
     from sparsecircuits.bridges.train import train_bridges
 
-    train_bridges(dense_dir, data_dir, out, preset, sets, resume, force, device, progress=not quiet)
+    train_bridges(
+        dense_dir, data_dir, out, preset, sets, resume, force, device, progress=not quiet, init=init
+    )
 
 
 def _strengths(text: str) -> list[float]:

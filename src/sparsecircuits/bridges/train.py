@@ -14,6 +14,7 @@ Single process only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -36,11 +37,12 @@ from sparsecircuits.bridges.files import (
 )
 from sparsecircuits.bridges.losses import bridge_losses, read_sites
 from sparsecircuits.bridges.modules import BridgedModel, Bridges, check_compatible
+from sparsecircuits.circuits.means import model_content_hash
 from sparsecircuits.data.shards import TokenSampler, iter_eval_batches
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.errors import UserError
 from sparsecircuits.model.gpt import GPT
-from sparsecircuits.run import METRICS_FILE, MODEL_FILE, Run, load_run, save_model
+from sparsecircuits.run import METRICS_FILE, MODEL_FILE, Run, load_run, load_weights, save_model
 from sparsecircuits.train import checkpoint as ckpt
 from sparsecircuits.train.config import TrainConfig
 from sparsecircuits.train.distributed import DistEnv, autocast, dist_env, resolve_device
@@ -62,6 +64,7 @@ class BridgedSetup:
     run: RunSetup  # the sparse model's run (directory, data, model and train config, resume point)
     dense: Run  # frozen, on the training device
     bridge_cfg: BridgeConfig
+    init: Path | None = None  # a sparse run whose weights start the sparse model (new runs only)
 
 
 # ---- setup ---------------------------------------------------------------------------------------
@@ -76,15 +79,19 @@ def prepare_bridged_run(
     resume: bool = False,
     force: bool = False,
     device: str | None = None,
+    init: str | Path | None = None,
 ) -> BridgedSetup:
     """Check everything, then create the run directory (config.json, tokenizer.json, bridges.json).
 
     The sparse model takes the dense model's n_layer unless `--set model.n_layer` says otherwise (then it
-    must agree). A bad command leaves nothing on disk."""
+    must agree). With `init` the sparse model starts from that run's weights (same model config) and, unless
+    `train.anneal_frac` is set, at its target L0 from the first step. A bad command leaves nothing on disk."""
     if dist_env().enabled:
         raise UserError("bridges train runs in a single process; start it without torchrun")
     bridge_sets, run_sets = split_sets(sets)
     if resume:
+        if init is not None:
+            raise UserError("--init starts a new run; drop it with --resume")
         return _resume(dense_dir, data_dir, out, preset, sets, device)
     if dense_dir is None:
         raise UserError("--dense RUN is required for a new bridged run")
@@ -92,11 +99,32 @@ def prepare_bridged_run(
     bridge_cfg = build_bridge_config(bridge_sets)
     if not any(s.strip().startswith("model.n_layer") for s in run_sets):
         run_sets = [f"model.n_layer={dense.model.cfg.n_layer}", *run_sets]
+    if init is not None and not any(s.strip().startswith("train.anneal_frac") for s in run_sets):
+        run_sets.append("train.anneal_frac=0")  # the init run is already at its sparsity
     setup = prepare_run(data_dir, out, preset, False, run_sets, False, force, device, write=False)
     _check_pair(setup, dense)
+    init_run = _check_init(init, setup) if init is not None else None
     create_run_dir(setup, preset or "demo", False, run_sets, DistEnv())
-    write_meta(setup.run_dir, bridges_meta(dense, setup.model_cfg, bridge_cfg))
-    return BridgedSetup(setup, _to_device(dense, setup.train_cfg), bridge_cfg)
+    meta = bridges_meta(dense, setup.model_cfg, bridge_cfg)
+    if init_run is not None:
+        meta["init"] = {
+            "path": str(init_run.path.resolve()),
+            "content_hash": model_content_hash(init_run.model),
+        }
+    write_meta(setup.run_dir, meta)
+    return BridgedSetup(setup, _to_device(dense, setup.train_cfg), bridge_cfg, init_run and init_run.path)
+
+
+def _check_init(init: str | Path, setup: RunSetup) -> Run:
+    run = load_run(init, "cpu")
+    if run.model.cfg != setup.model_cfg:
+        mine, theirs = dataclasses.asdict(setup.model_cfg), dataclasses.asdict(run.model.cfg)
+        diff = ", ".join(f"{k} {theirs[k]!r} vs {mine[k]!r}" for k in mine if mine[k] != theirs[k])
+        raise UserError(
+            f"--init {init}: its model differs from the bridged run's ({diff}); match it with --set"
+        )
+    check_same_vocab(run.tokenizer, load_tokenizer(setup.data.tokenizer_path), f"--init {init}", "the data")
+    return run
 
 
 def _resume(
@@ -240,7 +268,10 @@ class BridgeTrainer:
         self.device = resolve_device(self.cfg.device)
         self.dense = setup.dense.model
         torch.manual_seed(self.cfg.seed)  # the sparse model starts as `train` would start it
-        sparse = GPT(self.run.model_cfg).to(self.device)
+        sparse = GPT(self.run.model_cfg)
+        if setup.init is not None and self.run.resume_from is None:
+            load_weights(sparse, setup.init / MODEL_FILE, "--init model weights")
+        sparse.to(self.device)
         bridges = Bridges.for_models(sparse, self.dense, setup.bridge_cfg).to(self.device)
         self.model = BridgedModel(sparse, bridges)
         self.sparsifier = WeightSparsifier(sparse, self.cfg.min_fan)
@@ -447,9 +478,10 @@ def train_bridges(
     force: bool = False,
     device: str | None = None,
     progress: bool = True,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
     """The Python entry point behind `sparsecircuits bridges train`. Returns the last metrics record."""
-    setup = prepare_bridged_run(dense_dir, data_dir, out, preset, sets, resume, force, device)
+    setup = prepare_bridged_run(dense_dir, data_dir, out, preset, sets, resume, force, device, init)
     trainer = BridgeTrainer(setup, progress)
     if trainer.step >= setup.run.train_cfg.steps and (setup.run.run_dir / MODEL_FILE).is_file():
         return {"step": trainer.step, "already_complete": True}

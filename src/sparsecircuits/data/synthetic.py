@@ -146,6 +146,9 @@ class Gen:
                     lambda: f"assert {self.cond()}",
                     self.message,
                     self.message,
+                    lambda: f"{v} = {self.atom()} if {self.cond()} else {self.atom()}",
+                    lambda: f"{v}, {v}_b = {v}_b, {v}",
+                    lambda: f"{r.choice(['f', 'fh', 'out'])} = open({self.string()})",
                     lambda: f"{v} = {self.matrix()}",
                     lambda: f"{v} = {r.choice(['np.array', 'tuple', 'list'])}({self.matrix()})",
                 ]
@@ -164,7 +167,7 @@ class Gen:
     def compound(self, ind: str, depth: int) -> list[str]:
         r, inner = self.r, ind + "    "
         v, w = self.var(), self.var()
-        kind = r.choice(["for", "for_enum", "for_items", "while", "if", "with", "try"])
+        kind = r.choice(["for", "for_enum", "for_items", "while", "if", "with", "try", "grow", "while_true"])
         if kind == "for":
             head = f"for {v[0]} in {r.choice([w, f'range({self.num()})', self.list_lit()])}:"
         elif kind == "for_enum":
@@ -183,6 +186,19 @@ class Gen:
         elif kind == "with":
             mode = r.choice(['"r"', "'w'", '"a"', "'rb'"])
             head = f"with open({self.string()}, {mode}) as {r.choice(['f', 'fh', 'handle', 'stream'])}:"
+        elif kind == "grow":
+            # A collection built up in a loop: a set grows with .add, a string or number with +=.
+            init, grow = r.choice(
+                [("set()", f"{v}.add({w[0]})"), ('""', f"{v} += {w[0]}"), ("0", f"{v} += 1")]
+            )
+            return [ind + f"{v} = {init}", ind + f"for {w[0]} in {w}:", inner + grow]
+        elif kind == "while_true":
+            return [
+                ind + "while True:",
+                *self.block(inner, depth),
+                inner + f"if {self.cond()}:",
+                inner + "    break",
+            ]
         else:
             lines = [ind + "try:", *self.block(inner, depth)]
             exc = r.choice(["ValueError", "KeyError", "IndexError", "Exception"])

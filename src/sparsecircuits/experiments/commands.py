@@ -9,7 +9,13 @@ import click
 
 @click.command()
 @click.option("--out", default=Path("runs/demo"), show_default=True, type=click.Path(path_type=Path))
-@click.option("--synthetic", "synthetic_mb", default=20.0, show_default=True, help="MB of synthetic idioms.")
+@click.option("--synthetic", "synthetic_mb", default=40.0, show_default=True, help="MB of synthetic idioms.")
+@click.option(
+    "--train",
+    "train_here",
+    is_flag=True,
+    help="Train both models here instead of using the shipped ones (implied by --preset and by a GPU).",
+)
 @click.option(
     "--preset", default=None, help="Training preset (default: demo on CPU, demo-gpu where CUDA is present)."
 )
@@ -19,19 +25,27 @@ import click
 @click.option("--prune-steps", default=150, show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--force", is_flag=True, help="Delete OUT and start again (default: resume finished stages).")
-def demo(out, synthetic_mb, preset, sets, max_tasks, target_loss, prune_steps, device, force) -> None:
-    """End to end on the embedded default: corpus, sparse and dense models, circuits, report."""
+def demo(
+    out, synthetic_mb, train_here, preset, sets, max_tasks, target_loss, prune_steps, device, force
+) -> None:
+    """End to end on the embedded default: corpus, sparse and dense models, circuits, report.
+
+    On a CPU the models are the ones shipped in artifacts/demo (trained once for longer than a demo can;
+    hash-checked); `--train` trains both here in a few minutes instead. Where CUDA is present both are trained
+    with the larger demo-gpu preset.
+    """
     import torch
 
+    from sparsecircuits.experiments import shipped
     from sparsecircuits.experiments.demo import DemoConfig, run_demo
-    from sparsecircuits.train.config import PRESETS
 
+    gpu = torch.cuda.is_available() and device != "cpu"
+    train_here = train_here or preset is not None or bool(sets) or gpu or not shipped.available()
     if preset is None:
-        preset = (
-            "demo-gpu" if torch.cuda.is_available() and device != "cpu" and "demo-gpu" in PRESETS else "demo"
-        )
+        preset = "demo-gpu" if gpu else "demo"
     cfg = DemoConfig(
         out=out,
+        models="train" if train_here else "shipped",
         synthetic_mb=synthetic_mb,
         preset=preset,
         sets=tuple(sets),

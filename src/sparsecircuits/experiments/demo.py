@@ -24,7 +24,9 @@ REQUIRED_TASKS = ("single_double_quote", "bracket_counting")
 class DemoConfig:
     out: Path = Path("runs/demo")
     sources: tuple[Path, ...] = ()  # default: the standard library
-    synthetic_mb: float = 20.0
+    synthetic_mb: float = 40.0
+    # "shipped": the models in artifacts/demo (hash-checked); "train": train both here with `preset`.
+    models: str = "train"
     preset: str = "demo"
     # The dense model learns faster per step: a shorter run brings its validation loss near the sparse one.
     dense_sets: tuple[str, ...] = ("train.steps=1000",)
@@ -60,11 +62,13 @@ def stage(cfg: DemoConfig, name: str):
 
 def build_data(cfg: DemoConfig) -> Path:
     from sparsecircuits.data.build import BuildConfig, build_dataset
+    from sparsecircuits.experiments import shipped
     from sparsecircuits.tasks.tokens import REQUIRED_TOKENS
 
     out = cfg.out / "data"
     if (out / "meta.json").is_file():
         return out
+    tokenizer = shipped.SHIPPED_DIR / "tokenizer.json" if cfg.models == "shipped" else None
     with stage(cfg, f"building the corpus (standard library + {cfg.synthetic_mb:g} MB synthetic idioms)"):
         build_dataset(
             BuildConfig(
@@ -72,9 +76,22 @@ def build_data(cfg: DemoConfig) -> Path:
                 sources=list(cfg.sources),
                 synthetic_mb=cfg.synthetic_mb,
                 required_tokens=REQUIRED_TOKENS,
+                tokenizer=tokenizer,
                 force=True,
             )
         )
+    return out
+
+
+def shipped_model(cfg: DemoConfig, data: Path, kind: str) -> Path:
+    """Install the shipped `kind` model into OUT (its hashes were checked by run_demo)."""
+    from sparsecircuits.experiments import shipped
+    from sparsecircuits.run import MODEL_FILE
+
+    out = cfg.out / kind
+    if not (out / MODEL_FILE).is_file():
+        with stage(cfg, f"installing the shipped {kind} model ({shipped.SHIPPED_DIR})"):
+            shipped.install(shipped.SHIPPED_DIR, kind, out, data)
     return out
 
 
@@ -204,8 +221,13 @@ def run_demo(cfg: DemoConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     t0 = time.perf_counter()
+    if cfg.models == "shipped":
+        from sparsecircuits.experiments import shipped
+
+        shipped.verify()
     data = build_data(cfg)
-    runs = {kind: train_model(cfg, data, kind) for kind in ("sparse", "dense")}
+    get_model = shipped_model if cfg.models == "shipped" else train_model
+    runs = {kind: get_model(cfg, data, kind) for kind in ("sparse", "dense")}
     evals = evaluate_models(cfg, runs)
     tasks = choose_tasks(cfg, evals)
     targets = {t: task_target(cfg, evals, t) for t in tasks}

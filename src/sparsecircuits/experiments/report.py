@@ -67,6 +67,8 @@ def write_demo_report(
     summary = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "timings_s": cfg.timings,
+        "models": cfg.models,
+        "preset": cfg.preset,
         "val_loss": {k: evals[k]["val_loss"] for k in runs},
         "bigram_val_loss": bigram,
         "tasks_pruned": tasks,
@@ -97,6 +99,15 @@ def write_demo_report(
         f"{cfg.timings.get('total', 0):.0f} s &middot; output <code>{escape(str(cfg.out))}</code></p>"
     ]
     parts.append("<h2>Models</h2>")
+    if cfg.models == "shipped":
+        origin = (
+            "The models shipped in <code>artifacts/demo</code> (SHA-256 checked), trained once for longer than "
+            "a CPU demo can; the command that trained them is in <code>artifacts/demo/README.md</code>. "
+            "<code>sparsecircuits demo --train</code> trains both here instead."
+        )
+    else:
+        origin = f"Both trained here with preset <code>{escape(cfg.preset)}</code>."
+    parts.append(f"<p>{origin}</p>")
     parts.append(
         table(
             ["model", "val loss", "bigram baseline", "nonzero params", "total params"],

@@ -1,0 +1,105 @@
+"""The demo models shipped with the repository (artifacts/demo), trained once for longer than a CPU demo can.
+
+A few CPU minutes do not teach a small model to close quotes or count brackets, so `make demo` uses a sparse
+and a dense model trained once on this project's development machine (the command is in
+artifacts/demo/README.md) and checked against SHA256SUMS before use. `sparsecircuits demo --train` trains both
+from scratch instead.
+
+Layout: artifacts/demo/{sparse,dense}/{config.json,model.safetensors,metrics.jsonl}, one tokenizer.json for
+both (the corpus is rebuilt with it), and SHA256SUMS over all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from sparsecircuits.errors import UserError
+from sparsecircuits.io import atomic_write_text, commit_dir, read_json, staging_dir
+
+SHIPPED_DIR = Path(__file__).resolve().parents[3] / "artifacts" / "demo"
+KINDS = ("sparse", "dense")
+RUN_FILES = ("config.json", "model.safetensors", "metrics.jsonl")
+SUMS = "SHA256SUMS"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shipped_files() -> list[str]:
+    """Paths relative to the artifact directory, in SHA256SUMS order."""
+    return ["tokenizer.json"] + [f"{kind}/{name}" for kind in KINDS for name in RUN_FILES]
+
+
+def available(root: Path = SHIPPED_DIR) -> bool:
+    return (root / SUMS).is_file()
+
+
+def verify(root: Path = SHIPPED_DIR) -> None:
+    """Raise UserError unless every shipped file is present and matches SHA256SUMS."""
+    expected = {}
+    for line in (root / SUMS).read_text().splitlines():
+        digest, _, rel = line.partition("  ")
+        expected[rel] = digest
+    for rel in shipped_files():
+        path = root / rel
+        if rel not in expected:
+            raise UserError(f"{root / SUMS} lists no hash for {rel}")
+        if not path.is_file():
+            raise UserError(f"shipped demo file missing: {path} (or run `sparsecircuits demo --train`)")
+        if sha256(path) != expected[rel]:
+            raise UserError(
+                f"shipped demo file {path} does not match its SHA-256 in {root / SUMS}: "
+                "restore it from git, or run `sparsecircuits demo --train`"
+            )
+
+
+def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
+    """Copy the shipped `kind` run to `out`, pointed at `data_dir` (a corpus built with the shipped tokenizer).
+
+    The run's config keeps the data it was trained on under "trained_on".
+    """
+    from sparsecircuits.data.dataset import load_dataset
+
+    tmp = staging_dir(out, force=True)
+    try:
+        for name in RUN_FILES:
+            shutil.copyfile(root / kind / name, tmp / name)
+        shutil.copyfile(root / "tokenizer.json", tmp / "tokenizer.json")
+        config = read_json(tmp / "config.json", "shipped run config")
+        meta = load_dataset(data_dir).meta
+        config["trained_on"] = config.get("data")
+        config["data"] = {
+            "dir": str(data_dir.resolve()),
+            "content_hash": meta["content_hash"],
+            "vocab_size": meta["vocab_size"],
+        }
+        config["shipped"] = {"from": str(root), "sha256": sha256(root / kind / "model.safetensors")}
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
+        commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def pack(runs: dict[str, Path], root: Path = SHIPPED_DIR) -> None:
+    """Copy finished `runs` ({"sparse": DIR, "dense": DIR}, same tokenizer) into `root` and write SHA256SUMS."""
+    tokenizers = {(runs[k] / "tokenizer.json").read_bytes() for k in KINDS}
+    if len(tokenizers) != 1:
+        raise UserError("the sparse and dense runs must share one tokenizer")
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(runs["sparse"] / "tokenizer.json", root / "tokenizer.json")
+    for kind in KINDS:
+        (root / kind).mkdir(exist_ok=True)
+        for name in RUN_FILES:
+            shutil.copyfile(runs[kind] / name, root / kind / name)
+    lines = [f"{sha256(root / rel)}  {rel}" for rel in shipped_files()]
+    atomic_write_text(root / SUMS, "\n".join(lines) + "\n")
