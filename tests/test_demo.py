@@ -85,4 +85,3 @@ def test_shipped_models_pack_verify_and_install(tmp_path):
     (root / "sparse" / "model.safetensors").unlink()
     with pytest.raises(UserError, match="missing"):
         shipped.verify(root)
-
