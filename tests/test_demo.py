@@ -85,3 +85,10 @@ def test_shipped_models_pack_verify_and_install(tmp_path):
     (root / "sparse" / "model.safetensors").unlink()
     with pytest.raises(UserError, match="missing"):
         shipped.verify(root)
+
+
+def test_repository_ships_verified_demo_models():
+    from sparsecircuits.experiments import shipped
+
+    assert shipped.available(), f"no {shipped.SUMS} in {shipped.SHIPPED_DIR}"
+    shipped.verify()
