@@ -92,3 +92,17 @@ def test_repository_ships_verified_demo_models():
 
     assert shipped.available(), f"no {shipped.SUMS} in {shipped.SHIPPED_DIR}"
     shipped.verify()
+
+
+def test_a_demo_directory_is_not_resumed_with_other_models(tmp_path):
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.experiments.demo import check_models_kind
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    check_models_kind(DemoConfig(out=out, models="train", preset="tiny"))
+    check_models_kind(DemoConfig(out=out, models="train", preset="tiny"))  # a resume of the same demo
+    with pytest.raises(UserError, match="holds a demo with train models .preset tiny.; use --force"):
+        check_models_kind(DemoConfig(out=out, models="shipped"))
+    with pytest.raises(UserError, match="preset tiny"):
+        check_models_kind(DemoConfig(out=out, models="train", preset="demo"))

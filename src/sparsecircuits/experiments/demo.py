@@ -212,6 +212,25 @@ def prune_tasks(
     return out
 
 
+def check_models_kind(cfg: DemoConfig) -> None:
+    """Refuse to resume a demo whose models came from elsewhere (shipped vs trained, or another preset):
+    its corpus and runs would be mixed with the new ones."""
+    from sparsecircuits.io import atomic_write_json, read_json
+
+    path = cfg.out / "demo.json"
+    kind = {"models": cfg.models, "preset": cfg.preset if cfg.models == "train" else None}
+    if path.is_file():
+        old = read_json(path, "demo state")
+        if old != kind:
+            raise UserError(
+                f"{cfg.out} holds a demo with {old['models']} models"
+                + (f" (preset {old['preset']})" if old.get("preset") else "")
+                + "; use --force to start again or choose another --out"
+            )
+    else:
+        atomic_write_json(path, kind)
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage and write OUT/report.html. Returns the report path."""
     from sparsecircuits.experiments.report import write_demo_report
@@ -219,6 +238,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     if cfg.force and cfg.out.exists():
         shutil.rmtree(cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    check_models_kind(cfg)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     if cfg.models == "shipped":
