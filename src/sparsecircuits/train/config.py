@@ -164,7 +164,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # A larger demo for one GPU (bf16): minutes on an H100. Not tuned as carefully as "demo".
     "demo-gpu": {
-        "model": dict(n_layer=4, d_model=256, n_head=16, d_head=16, d_mlp=1024, n_ctx=256, afrac=0.25),
+        # Learned positions for the same reason as "demo".
+        "model": dict(
+            n_layer=4, d_model=256, n_head=16, d_head=16, d_mlp=1024, n_ctx=256, afrac=0.25, pos_emb="add"
+        ),
         "train": dict(
             steps=4000,
             batch_size=64,
