@@ -11,26 +11,17 @@ both (the corpus is rebuilt with it), and SHA256SUMS over all of them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from sparsecircuits.errors import UserError
-from sparsecircuits.io import atomic_write_text, commit_dir, read_json, staging_dir
+from sparsecircuits.io import atomic_write_text, commit_dir, file_sha256, read_json, staging_dir
 
 SHIPPED_DIR = Path(__file__).resolve().parents[3] / "artifacts" / "demo"
 KINDS = ("sparse", "dense")
 RUN_FILES = ("config.json", "model.safetensors", "metrics.jsonl")
 SUMS = "SHA256SUMS"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shipped_files() -> list[str]:
@@ -54,7 +45,7 @@ def verify(root: Path = SHIPPED_DIR) -> None:
             raise UserError(f"{root / SUMS} lists no hash for {rel}")
         if not path.is_file():
             raise UserError(f"shipped demo file missing: {path} (or run `sparsecircuits demo --train`)")
-        if sha256(path) != expected[rel]:
+        if file_sha256(path) != expected[rel]:
             raise UserError(
                 f"shipped demo file {path} does not match its SHA-256 in {root / SUMS}: "
                 "restore it from git, or run `sparsecircuits demo --train`"
@@ -81,7 +72,7 @@ def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
             "content_hash": meta["content_hash"],
             "vocab_size": meta["vocab_size"],
         }
-        config["shipped"] = {"from": str(root), "sha256": sha256(root / kind / "model.safetensors")}
+        config["shipped"] = {"from": str(root), "sha256": file_sha256(root / kind / "model.safetensors")}
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
         commit_dir(tmp, out)
     except BaseException:
@@ -101,5 +92,5 @@ def pack(runs: dict[str, Path], root: Path = SHIPPED_DIR) -> None:
         (root / kind).mkdir(exist_ok=True)
         for name in RUN_FILES:
             shutil.copyfile(runs[kind] / name, root / kind / name)
-    lines = [f"{sha256(root / rel)}  {rel}" for rel in shipped_files()]
+    lines = [f"{file_sha256(root / rel)}  {rel}" for rel in shipped_files()]
     atomic_write_text(root / SUMS, "\n".join(lines) + "\n")

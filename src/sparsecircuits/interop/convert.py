@@ -8,7 +8,6 @@ The output appears atomically: it is built in a staging directory, loaded back, 
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from sparsecircuits.errors import UserError
 from sparsecircuits.interop.openai_config import CONFIG_FILE, model_config_dict, parse_config
 from sparsecircuits.interop.openai_tokenizer import has_openai_tokenizer, load_openai_tokenizer
 from sparsecircuits.interop.openai_weights import WEIGHTS_FILE, convert_state_dict, read_state_dict
-from sparsecircuits.io import atomic_write_json, commit_dir, read_json, staging_dir
+from sparsecircuits.io import atomic_write_json, commit_dir, file_sha256, read_json, staging_dir
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.run import CONFIG_FILE as RUN_CONFIG
 from sparsecircuits.run import MODEL_FILE, TOKENIZER_FILE, load_run
@@ -96,7 +95,7 @@ def _convert_into(src: Path, tmp: Path, tokenizer_dir: str | Path | None, log: C
 
 def _source_info(src: Path, tok_dir: Path, raw: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     files = {
-        name: {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}
         for name, path in (
             (CONFIG_FILE, src / CONFIG_FILE),
             (WEIGHTS_FILE, src / WEIGHTS_FILE),
@@ -113,11 +112,3 @@ def _source_info(src: Path, tok_dir: Path, raw: dict[str, Any], notes: list[str]
         "beeg_config": raw,
         "notes": notes,
     }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -10,7 +10,6 @@ resuming from garbage. Tensors are safetensors (never pickle); everything else i
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 import shutil
@@ -23,7 +22,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sparsecircuits.errors import UserError
-from sparsecircuits.io import atomic_write_json, atomic_write_text, commit_dir, read_json, staging_dir
+from sparsecircuits.io import (
+    atomic_write_json,
+    atomic_write_text,
+    commit_dir,
+    file_sha256,
+    read_json,
+    staging_dir,
+)
 from sparsecircuits.run import CHECKPOINT_DIR, load_tensors, load_weights, state_dict_for_saving
 
 FORMAT_VERSION = 1
@@ -103,14 +109,6 @@ def load_optimizer_state(
 # ---- save / find / load ------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checkpoint_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints (those with a state.json) as (step, path), oldest first."""
     root = Path(run_dir) / CHECKPOINT_DIR
@@ -147,7 +145,7 @@ def save_checkpoint(
         save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"))
         tensors, scalars = optimizer_tensors(opt, opt_names)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        files = {f: _sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")}
+        files = {f: file_sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")}
         atomic_write_json(
             tmp / "state.json",
             {"format": FORMAT_VERSION, **state, "optimizer_scalars": scalars, "sha256": files},
@@ -178,7 +176,7 @@ def load_checkpoint(
         f = path / name
         if not f.is_file():
             raise UserError(f"checkpoint is incomplete: {f} is missing")
-        if _sha256(f) != digest:
+        if file_sha256(f) != digest:
             raise UserError(
                 f"checkpoint is corrupt or truncated: {f} does not match its checksum "
                 f"(delete {path} to resume from an earlier checkpoint)"
