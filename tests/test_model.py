@@ -373,6 +373,20 @@ def test_fused_sink_matches_reference_values_and_gradients(monkeypatch):
         assert torch.allclose(g, ref_grads[name], atol=tol, rtol=1e-4), name
 
 
+def test_fused_sink_under_bf16_autocast_is_as_close_to_fp32_as_the_reference(monkeypatch):
+    from sparsecircuits.model import sink_attention
+
+    model, idx = make(sink=True), tokens()
+    with torch.no_grad():
+        exact = model(idx)
+        errors = {}
+        for fused in (True, False):
+            monkeypatch.setattr(sink_attention, "USE_FUSED_SINK", fused)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                errors[fused] = (model(idx).float() - exact).abs().max().item()
+    assert errors[True] <= 1.5 * errors[False] + 1e-3
+
+
 def test_sink_pattern_rows_sum_below_one():
     model, idx = make(sink=True), tokens()
     seen = {}
