@@ -7,14 +7,13 @@ adds the `bridge.*` section and splits the command line's `--set` items between 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import typing
 from dataclasses import dataclass
 from typing import Any
 
-from sparsecircuits.errors import UserError
-from sparsecircuits.train.config import parse_value
+from sparsecircuits.errors import UserError, reject_unknown_keys
+from sparsecircuits.train.config import apply_override
 
 SECTION = "bridge"
 
@@ -49,10 +48,7 @@ class BridgeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BridgeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"bridge config: unknown key(s) {', '.join(unknown)}")
+        reject_unknown_keys(cls, d, "bridge config")
         return cls(**d).validate()
 
 
@@ -67,16 +63,6 @@ def split_sets(sets: typing.Iterable[str]) -> tuple[list[str], list[str]]:
 def build_bridge_config(sets: typing.Iterable[str] = ()) -> BridgeConfig:
     """Defaults, then `bridge.KEY=VALUE` overrides, then validation."""
     cfg = BridgeConfig()
-    hints = typing.get_type_hints(BridgeConfig)
     for item in sets:
-        key, sep, text = item.partition("=")
-        field = key.strip().partition(".")[2]
-        if not sep or field not in hints:
-            close = difflib.get_close_matches(field, list(hints), n=1)
-            hint = f" (did you mean {SECTION}.{close[0]}?)" if close else ""
-            raise UserError(f"--set: unknown key {key.strip()!r}{hint}")
-        try:
-            setattr(cfg, field, parse_value(text.strip(), hints[field]))
-        except ValueError as e:
-            raise UserError(f"--set {key.strip()}: {e}") from None
+        apply_override({SECTION: cfg}, item)
     return cfg.validate()

@@ -30,7 +30,7 @@ from typing import Any
 
 import click
 
-from sparsecircuits.errors import UserError
+from sparsecircuits.errors import UserError, reject_unknown_keys
 from sparsecircuits.io import atomic_write_json, atomic_write_text, read_json
 
 MODEL_KEYS = {"name", "preset", "dense", "set", "run"}
@@ -52,9 +52,7 @@ class FrontierConfig:
         raw = read_json(path, "frontier config")
         if not isinstance(raw, dict):
             raise UserError(f"{path}: a frontier config is a JSON object")
-        unknown = set(raw) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+        reject_unknown_keys(cls, raw, str(path))
         for key in ("data", "out", "models"):
             if key not in raw:
                 raise UserError(f"{path}: missing {key!r}")

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from sparsecircuits.errors import UserError
+from sparsecircuits.errors import UserError, reject_unknown_keys
 
 # Node locations inside one layer, in forward order. A node is `{layer}.{location}.{index}` (DESIGN.md).
 NODE_LOCATIONS: tuple[str, ...] = (
@@ -148,10 +148,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of to_dict; missing keys take defaults, unknown keys are an error. Validates."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"model config: unknown key(s) {', '.join(unknown)}")
+        reject_unknown_keys(cls, d, "model config")
         return cls(**d).validate()
 
 

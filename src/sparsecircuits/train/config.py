@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from sparsecircuits.errors import UserError
+from sparsecircuits.errors import UserError, reject_unknown_keys
 from sparsecircuits.model.config import ModelConfig
 
 SPARSITY_SCHEDULES = ("uniform", "paper_quirk")
@@ -101,10 +101,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of to_dict; missing keys take defaults, unknown keys are an error. Validates."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"train config: unknown key(s) {', '.join(unknown)}")
+        reject_unknown_keys(cls, d, "train config")
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
@@ -226,7 +223,7 @@ def build_config(
     if dense:
         train.l0_target = 1.0
     for item in sets:
-        apply_override(model, train, item)
+        apply_override({"model": model, "train": train}, item)
     model.validate()
     train.validate()
     if model.vocab_size != vocab_size:
@@ -236,14 +233,15 @@ def build_config(
     return model, train
 
 
-def apply_override(model: ModelConfig, train: TrainConfig, item: str) -> None:
-    """Apply one `model.KEY=VALUE` or `train.KEY=VALUE` to the config objects in place."""
+def apply_override(targets: typing.Mapping[str, Any], item: str) -> None:
+    """Apply one `SECTION.KEY=VALUE` to the config object `targets[SECTION]` in place, the value parsed
+    as the field's annotated type. Used for model.* and train.* here and bridge.* in bridges."""
     key, sep, text = item.partition("=")
     key = key.strip()
     section, _, field = key.partition(".")
-    targets = {"model": model, "train": train}
     if not sep or section not in targets or not field:
-        raise UserError(f"--set expects model.KEY=VALUE or train.KEY=VALUE, got {item!r}")
+        expected = " or ".join(f"{s}.KEY=VALUE" for s in targets)
+        raise UserError(f"--set expects {expected}, got {item!r}")
     obj = targets[section]
     hints = typing.get_type_hints(type(obj))
     if field not in hints:
