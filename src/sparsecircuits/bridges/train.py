@@ -50,9 +50,9 @@ from sparsecircuits.train.evaluate import evaluate_loss
 from sparsecircuits.train.schedules import l0_fraction, quirk_fraction, sharkfin_lr
 from sparsecircuits.train.sparsity import WeightSparsifier
 from sparsecircuits.train.trainer import (
-    NonFiniteLoss,
     RunSetup,
     build_optimizer,
+    check_finite_loss,
     clip_grad_rms_,
     create_run_dir,
     prepare_run,
@@ -346,7 +346,9 @@ class BridgeTrainer:
                 if not self._record_due(self.step):
                     continue
                 means = {k: v.item() / since for k, v in sums.items()}
-                self._check_finite(means["loss"])
+                check_finite_loss(
+                    means["loss"], self.step, self.run.run_dir, "bridged training", "Lower train.lr"
+                )
                 dt = time.perf_counter() - t_last
                 last = self._record(step, means, grad_rms, since * self.tokens_per_step / dt)
                 ckpt.append_metrics(log, last)
@@ -405,15 +407,6 @@ class BridgeTrainer:
     def _record_due(self, step: int) -> bool:
         c = self.cfg
         return step % c.log_every == 0 or self._due(step, c.eval_every) or self._due(step, c.ckpt_every)
-
-    def _check_finite(self, loss: float) -> None:
-        if not math.isfinite(loss):
-            done = ckpt.latest_checkpoint(self.run.run_dir)
-            kept = f"the last good checkpoint ({done.name}) is kept" if done else "no checkpoint was written"
-            raise NonFiniteLoss(
-                f"bridged training loss became {loss} by step {self.step}; {kept}. Lower train.lr and start "
-                "again with --force"
-            )
 
     def _start_record(self) -> dict[str, Any]:
         return {

@@ -50,6 +50,17 @@ class NonFiniteLoss(UserError):
     """Training diverged; the last good checkpoint is kept."""
 
 
+def check_finite_loss(loss: float, step: int, run_dir: Path, what: str, advice: str) -> None:
+    """Raise NonFiniteLoss (naming the checkpoint that is kept) when `loss` is NaN or infinite."""
+    if math.isfinite(loss):
+        return
+    done = ckpt.latest_checkpoint(run_dir)
+    kept = f"the last good checkpoint ({done.name}) is kept" if done else "no checkpoint was written"
+    raise NonFiniteLoss(
+        f"{what} loss became {loss} by step {step}; {kept}. {advice} and start again with --force"
+    )
+
+
 @dataclass
 class RunSetup:
     """Everything `Trainer` needs, resolved from the command line (or the run's config.json on resume)."""
@@ -381,13 +392,7 @@ class Trainer:
             dist.all_reduce(value)  # SUM: gloo has no AVG
             value /= self.env.world_size
         out = value.item()
-        if not math.isfinite(out):
-            done = ckpt.latest_checkpoint(self.setup.run_dir)
-            kept = f"the last good checkpoint ({done.name}) is kept" if done else "no checkpoint was written"
-            raise NonFiniteLoss(
-                f"training loss became {out} by step {self.step}; {kept}. Lower train.lr or raise train.eps "
-                "and start again with --force"
-            )
+        check_finite_loss(out, self.step, self.setup.run_dir, "training", "Lower train.lr or raise train.eps")
         return out
 
     def _start_record(self) -> dict[str, Any]:
