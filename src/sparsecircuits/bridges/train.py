@@ -42,7 +42,7 @@ from sparsecircuits.data.shards import TokenSampler, iter_eval_batches
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.errors import UserError
 from sparsecircuits.model.gpt import GPT
-from sparsecircuits.run import METRICS_FILE, MODEL_FILE, Run, load_run, load_weights, save_model
+from sparsecircuits.run import METRICS_FILE, MODEL_FILE, Run, load_run, save_model
 from sparsecircuits.train import checkpoint as ckpt
 from sparsecircuits.train.config import TrainConfig
 from sparsecircuits.train.distributed import DistEnv, autocast, dist_env, resolve_device
@@ -64,7 +64,7 @@ class BridgedSetup:
     run: RunSetup  # the sparse model's run (directory, data, model and train config, resume point)
     dense: Run  # frozen, on the training device
     bridge_cfg: BridgeConfig
-    init: Path | None = None  # a sparse run whose weights start the sparse model (new runs only)
+    init: Run | None = None  # a sparse run whose weights start the sparse model (new runs only)
 
 
 # ---- setup ---------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def prepare_bridged_run(
             "content_hash": model_content_hash(init_run.model),
         }
     write_meta(setup.run_dir, meta)
-    return BridgedSetup(setup, _to_device(dense, setup.train_cfg), bridge_cfg, init_run and init_run.path)
+    return BridgedSetup(setup, _to_device(dense, setup.train_cfg), bridge_cfg, init_run)
 
 
 def _check_init(init: str | Path, setup: RunSetup) -> Run:
@@ -270,7 +270,7 @@ class BridgeTrainer:
         torch.manual_seed(self.cfg.seed)  # the sparse model starts as `train` would start it
         sparse = GPT(self.run.model_cfg)
         if setup.init is not None and self.run.resume_from is None:
-            load_weights(sparse, setup.init / MODEL_FILE, "--init model weights")
+            sparse.load_state_dict(setup.init.model.state_dict())  # loaded and checked by _check_init
         sparse.to(self.device)
         bridges = Bridges.for_models(sparse, self.dense, setup.bridge_cfg).to(self.device)
         self.model = BridgedModel(sparse, bridges)

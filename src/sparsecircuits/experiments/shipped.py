@@ -33,12 +33,18 @@ def available(root: Path = SHIPPED_DIR) -> bool:
     return (root / SUMS).is_file()
 
 
-def verify(root: Path = SHIPPED_DIR) -> None:
-    """Raise UserError unless every shipped file is present and matches SHA256SUMS."""
-    expected = {}
+def read_sums(root: Path = SHIPPED_DIR) -> dict[str, str]:
+    """SHA256SUMS as {relative path: hex digest}."""
+    sums = {}
     for line in (root / SUMS).read_text().splitlines():
         digest, _, rel = line.partition("  ")
-        expected[rel] = digest
+        sums[rel] = digest
+    return sums
+
+
+def verify(root: Path = SHIPPED_DIR) -> None:
+    """Raise UserError unless every shipped file is present and matches SHA256SUMS."""
+    expected = read_sums(root)
     for rel in shipped_files():
         path = root / rel
         if rel not in expected:
@@ -53,7 +59,8 @@ def verify(root: Path = SHIPPED_DIR) -> None:
 
 
 def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
-    """Copy the shipped `kind` run to `out`, pointed at `data_dir` (a corpus built with the shipped tokenizer).
+    """Copy the shipped `kind` run (checked by `verify` first) to `out`, pointed at `data_dir` (a corpus built
+    with the shipped tokenizer).
 
     The run's config keeps the data it was trained on under "trained_on".
     """
@@ -72,7 +79,8 @@ def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
             "content_hash": meta["content_hash"],
             "vocab_size": meta["vocab_size"],
         }
-        config["shipped"] = {"from": str(root), "sha256": file_sha256(root / kind / "model.safetensors")}
+        # verify() has checked the files against SHA256SUMS; record the model's entry, not a second hash.
+        config["shipped"] = {"from": str(root), "sha256": read_sums(root)[f"{kind}/model.safetensors"]}
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
         commit_dir(tmp, out)
     except BaseException:
