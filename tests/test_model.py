@@ -406,6 +406,9 @@ def test_very_negative_sink_approaches_no_sink():
             for block in sunk.transformer.h:
                 block.attn.attn_imp.sink_logit.fill_(value)
         assert torch.allclose(sunk(idx), plain(idx), atol=1e-5)
+        sunk.zero_grad()
+        sunk(idx).square().mean().backward()
+        assert all(torch.isfinite(p.grad).all() for p in sunk.parameters() if p.grad is not None), value
 
 
 # ---- options, causality, autocast -------------------------------------------------------------------

@@ -36,14 +36,9 @@ def sink_attention(q: Tensor, k: Tensor, v: Tensor, sink_logit: Tensor, scale: f
     one_hot = torch.zeros(pad, **opts)
     one_hot[0] = 1.0
     q_ext = torch.cat([q, one_hot.expand(B, H, T, pad)], dim=-1)
-    sink_key = torch.cat(
-        [
-            torch.zeros(H, D, **opts),
-            (sink_logit.to(q.dtype) / scale)[:, None],
-            torch.zeros(H, pad - 1, **opts),
-        ],
-        dim=-1,
-    )
+    # Finite, so the dummy query's 0 * logit is 0 and a -inf sink (no sink at all) gives no NaN.
+    logit = sink_logit.clamp(-1e4, 1e4).to(q.dtype) / scale
+    sink_key = torch.cat([torch.zeros(H, D, **opts), logit[:, None], torch.zeros(H, pad - 1, **opts)], dim=-1)
     k_ext = torch.cat([k, torch.zeros(B, H, T, pad, **opts)], dim=-1)
     v_ext = torch.cat([v, torch.zeros(B, H, T, pad, **opts)], dim=-1)
     zero_row = torch.zeros(B, H, 1, D + pad, **opts)
