@@ -13,6 +13,11 @@ from sparsecircuits.errors import UserError
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow a --host beyond loopback (reachable from other machines; the Host header is then not checked).",
+)
+@click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free)."
 )
 @click.option(
@@ -41,6 +46,7 @@ from sparsecircuits.errors import UserError
 def view(
     paths: tuple[Path, ...],
     host: str,
+    allow_remote: bool,
     port: int,
     windows: int,
     export_path: Path | None,
@@ -59,7 +65,7 @@ def view(
     if export_path is not None or out is not None:
         _export(export_path, out, min_weight, max_edges)
         return
-    _serve(list(paths) or [Path("runs")], host, port, windows, verbose)
+    _serve(list(paths) or [Path("runs")], host, port, windows, verbose, allow_remote)
 
 
 def _export(circuit: Path | None, out: Path | None, min_weight: float, max_edges: int) -> None:
@@ -71,7 +77,7 @@ def _export(circuit: Path | None, out: Path | None, min_weight: float, max_edges
     click.echo(f"wrote {written}")
 
 
-def _serve(paths: list[Path], host: str, port: int, windows: int, verbose: bool) -> None:
+def _serve(paths: list[Path], host: str, port: int, windows: int, verbose: bool, allow_remote: bool) -> None:
     from sparsecircuits.viewer.server import make_server
 
     missing = [str(p) for p in paths if not p.exists()]
@@ -81,7 +87,7 @@ def _serve(paths: list[Path], host: str, port: int, windows: int, verbose: bool)
         )
         raise UserError(f"path not found: {', '.join(missing)}{hint}")
     try:
-        server = make_server(paths, host, port, windows, verbose)
+        server = make_server(paths, host, port, windows, verbose, allow_remote)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     catalog = server.app.catalog

@@ -14,8 +14,11 @@ Routes (GET and HEAD only; every other method is refused):
     /export/circuit.svg?id=C            static SVG of the circuit (download)
 
 Entries are named by catalog ids only (see catalog.py): unknown ids are 404, ids that try to leave
-the given paths are 403. When bound to a loopback address, requests whose Host header is not a
-loopback name are refused (403), which stops DNS-rebinding pages from reading the API.
+the given paths are 403. When bound to a loopback address, a request is answered only when its Host
+header is `localhost`, `[::1]` or the bound address itself (each with or without a port); anything else
+(`127.evil.com`, `127.0.0.1.nip.io`) is 403, which stops DNS-rebinding pages from reading the API.
+Binding beyond loopback needs `allow_remote=True` (`view --allow-remote`); the Host header is then not
+checked. Idle connections are closed after `timeout` seconds; dropped connections are logged as one line.
 """
 
 from __future__ import annotations
@@ -180,14 +183,49 @@ def _required(query: dict[str, str], key: str) -> str:
 # ---- HTTP ---------------------------------------------------------------------------------------------
 
 
+LOOPBACK_NAMES = ("localhost", "[::1]")
+IDLE_TIMEOUT_S = 30.0  # a connection that sends no complete request within this is closed
+
+
+def host_name(header: str | None) -> str | None:
+    """The name part of a Host header ("127.0.0.1:8000" -> "127.0.0.1", "[::1]:80" -> "[::1]"), lower
+    case; None when the header is missing or malformed (bad port, unbracketed IPv6, spaces)."""
+    if not header or header != header.strip() or " " in header:
+        return None
+    if header.startswith("["):
+        end = header.find("]")
+        name, rest = header[: end + 1], header[end + 1 :]
+        if end < 0 or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    else:
+        name, _, port = header.partition(":")
+    if port and not (port.isascii() and port.isdigit() and len(port) <= 5):
+        return None
+    return name.lower() if name not in ("", "[]") else None
+
+
 class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], app: ViewerApp, verbose: bool = False):
-        self.app, self.verbose = app, verbose
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: ViewerApp,
+        verbose: bool = False,
+        allow_remote: bool = False,
+        timeout: float = IDLE_TIMEOUT_S,
+    ):
+        self.app, self.verbose, self.allow_remote, self.idle_timeout = app, verbose, allow_remote, timeout
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
+        if not (self.is_loopback() or allow_remote):
+            self.server_close()
+            raise UserError(
+                f"refusing to serve on {address[0]}, which is reachable from other machines: "
+                "bind a loopback address, or pass --allow-remote to serve beyond this machine"
+            )
 
     @property
     def url(self) -> str:
@@ -201,6 +239,25 @@ class ViewerServer(ThreadingHTTPServer):
         except ValueError:
             return False
 
+    def allowed_hosts(self) -> set[str]:
+        """Host names answered while bound to loopback: localhost, [::1] and the bound address literal."""
+        bound = str(ipaddress.ip_address(self.server_address[0]))
+        return {*LOOPBACK_NAMES, f"[{bound}]" if ":" in bound else bound}
+
+    def host_allowed(self, header: str | None) -> bool:
+        """Whether a request with this Host header may be answered (any, when serving beyond loopback)."""
+        if not self.is_loopback():
+            return self.allow_remote
+        return host_name(header) in self.allowed_hosts()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line for a connection the client dropped or let time out; a traceback for anything else."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            print(f"viewer: connection from {client_address[0]} dropped: {error!r}", file=sys.stderr)
+        else:
+            super().handle_error(request, client_address)
+
 
 class Handler(BaseHTTPRequestHandler):
     server: ViewerServer
@@ -213,9 +270,17 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(head=False)
 
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout  # applied to the socket by StreamRequestHandler.setup
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
+
+    def log_error(self, format: str, *args: Any) -> None:
+        """Always one line (timeouts, malformed requests), whatever --verbose says."""
+        print(f"viewer: {self.client_address[0]}: {format % args}", file=sys.stderr)
 
     # ---- dispatch ---------------------------------------------------------------------------------
 
@@ -237,10 +302,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, ctype, body, extra, head)
 
     def _check_host(self) -> None:
-        if not self.server.is_loopback():
-            return
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
-        if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1 or not self.server.host_allowed(hosts[0] if hosts else None):
             raise Forbidden("unexpected Host header")
 
     def _route(self) -> tuple[int, str, bytes, dict[str, str]]:
@@ -327,6 +390,10 @@ def make_server(
     port: int = 8000,
     n_windows: int = 64,
     verbose: bool = False,
+    allow_remote: bool = False,
+    timeout: float = IDLE_TIMEOUT_S,
 ) -> ViewerServer:
-    """A ready server (call serve_forever, or use it in a thread); port 0 picks a free port."""
-    return ViewerServer((host, port), ViewerApp(paths, n_windows), verbose)
+    """A ready server (call serve_forever, or use it in a thread); port 0 picks a free port.
+
+    A non-loopback `host` is a UserError unless `allow_remote`; `timeout` closes idle connections."""
+    return ViewerServer((host, port), ViewerApp(paths, n_windows), verbose, allow_remote, timeout)
