@@ -345,6 +345,7 @@ def test_imported_run_directory(tmp_path, tok_dir):
     write_tokenizer(tmp_path / "models" / "tinypython")  # found beside the model folder
     import_openai(src, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        ".sparsecircuits.json",  # the marker that lets --force recognise the project's own output
         "config.json",
         "model.safetensors",
         "tokenizer.json",

@@ -6,9 +6,19 @@ from pathlib import Path
 
 import click
 
+from sparsecircuits.cli_options import (
+    data_option,
+    device_option,
+    force_option,
+    preset_option,
+    quiet_option,
+    seed_option,
+)
 from sparsecircuits.errors import UserError
+from sparsecircuits.tasks.base import SPLITS
 
-PRESET_NAMES = ("tiny", "demo", "paper")  # train.config.PRESETS; listed here so --help stays fast
+MAX_PAIRS = 65_536
+MAX_STRENGTHS = 1000
 
 
 @click.group()
@@ -18,13 +28,11 @@ def bridges() -> None:
 
 @bridges.command("train")
 @click.option("--dense", "dense_dir", type=click.Path(path_type=Path), help="Frozen dense run to bridge to.")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Dataset directory.")
+@data_option()
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Bridged run directory to create."
 )
-@click.option(
-    "--preset", type=click.Choice(PRESET_NAMES), default=None, help="Sparse model preset [default: demo]."
-)
+@preset_option("Sparse model preset [default: demo].")
 @click.option(
     "--set",
     "sets",
@@ -33,11 +41,9 @@ def bridges() -> None:
     help="Override model.*, train.* or bridge.* (afrac, coef_lm, coef_nmse, coef_kl_ds, coef_kl_sd).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--force", is_flag=True, help="Delete an existing run in --out and start again.")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: train.device."
-)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@force_option("Replace the bridged run this project wrote in --out (your other files there stay).")
+@device_option(default=None, help="auto, cpu, cuda or cuda:N [default: train.device].")
+@quiet_option("No progress bar.")
 @click.option(
     "--init",
     type=click.Path(path_type=Path),
@@ -62,7 +68,7 @@ def _strengths(text: str) -> list[float]:
         values = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--strengths expects comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+    if not values or len(values) > MAX_STRENGTHS or any(not 0.0 <= v <= 1.0 for v in values):
         raise UserError(f"--strengths must be numbers in [0, 1], got {text!r}")
     return values
 
@@ -84,9 +90,9 @@ def _strengths(text: str) -> list[float]:
 )
 @click.option("--task", default=None, help="Task whose prompt pairs to use (default: the circuit's task).")
 @click.option("--strengths", default=",".join(f"{0.1 * i:.1f}" for i in range(11)), show_default=True)
-@click.option("--n-pairs", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "test"]))
-@click.option("--seed", default=0, show_default=True, type=int, help="Task sampling and random baseline.")
+@click.option("--n-pairs", default=32, show_default=True, type=click.IntRange(1, MAX_PAIRS))
+@click.option("--split", default="val", show_default=True, type=click.Choice(SPLITS))
+@seed_option(help="Task sampling and random baseline.")
 @click.option(
     "--rms-ratio",
     default="none",
@@ -101,7 +107,8 @@ def _strengths(text: str) -> list[float]:
     "--json", "json_path", default=None, type=click.Path(path_type=Path), help="Write results here."
 )
 @click.option("--plot", "plot_path", default=None, type=click.Path(path_type=Path), help="Write a PNG plot.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@force_option("Overwrite existing --json and --plot files.")
+@device_option(default="cpu")
 def steer_cmd(
     run_dir,
     node,
@@ -115,6 +122,7 @@ def steer_cmd(
     dense_dir,
     json_path,
     plot_path,
+    force,
     device,
 ) -> None:
     """Steer the dense model with one sparse residual-read node through its bridge (PAPER.md 11.4, Fig 9).
@@ -122,13 +130,18 @@ def steer_cmd(
     Prints the dense model's mean P(target) against strength, with a same-norm random direction and no
     steering as baselines."""
     from sparsecircuits.bridges.steer import run_steer
+    from sparsecircuits.io import check_output_file
 
+    values = _strengths(strengths)
+    for path, what in ((json_path, "--json file"), (plot_path, "--plot file")):
+        if path is not None:
+            check_output_file(path, force, what)
     result = run_steer(
         run_dir,
         node,
         circuit_path,
         task,
-        _strengths(strengths),
+        values,
         n_pairs,
         split,
         seed,

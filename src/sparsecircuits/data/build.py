@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +15,12 @@ from sparsecircuits import __version__
 from sparsecircuits.data.corpus import CorpusStats, Document, default_source, read_documents, split_of
 from sparsecircuits.data.shards import write_tokens
 from sparsecircuits.data.synthetic import generate_programs
-from sparsecircuits.data.tokenizer import eot_id, load_tokenizer, train_tokenizer
+from sparsecircuits.data.tokenizer import HASH_KEY, eot_id, load_tokenizer, tokenizer_sha256, train_tokenizer
 from sparsecircuits.errors import UserError
-from sparsecircuits.io import atomic_write_json, commit_dir, staging_dir
+from sparsecircuits.io import atomic_write_json, check_output_dir, commit_dir, staging_dir
+
+MAX_VOCAB = 2**16  # train.bin / val.bin hold uint16 token ids
+MAX_SYNTHETIC_MB = 100_000.0
 
 
 @dataclass
@@ -71,17 +75,35 @@ def encode_split(tok, texts: list[str], progress: bool, desc: str, chunk: int = 
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
+def check_build_config(cfg: BuildConfig) -> None:
+    """One-line UserError for the first bad setting, before anything is read or written."""
+    if not (file_sources(cfg) or cfg.synthetic_mb or cfg.hf_dataset):
+        raise UserError("nothing to build: --no-stdlib without --source, --synthetic or --hf-dataset")
+    if not math.isfinite(cfg.synthetic_mb) or not 0 <= cfg.synthetic_mb <= MAX_SYNTHETIC_MB:
+        raise UserError(
+            f"--synthetic must be a number of MB in [0, {MAX_SYNTHETIC_MB}], got {cfg.synthetic_mb}"
+        )
+    if not math.isfinite(cfg.val_fraction) or not 0 < cfg.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {cfg.val_fraction}")
+    if not 1 <= cfg.vocab_size <= MAX_VOCAB:
+        raise UserError(
+            f"--vocab-size must be in [1, {MAX_VOCAB}] (token ids are stored as uint16), got {cfg.vocab_size}"
+        )
+    if cfg.tokenizer is not None and not Path(cfg.tokenizer).is_file():
+        raise UserError(f"tokenizer file not found: {cfg.tokenizer}")
+
+
 def build_dataset(cfg: BuildConfig) -> dict:
     """Build a dataset directory at `cfg.out`. Returns its meta dict. Nothing is left half-written on error."""
     t0 = time.perf_counter()
     stats = CorpusStats()
-    if not (file_sources(cfg) or cfg.synthetic_mb or cfg.hf_dataset):
-        raise UserError("nothing to build: --no-stdlib without --source, --synthetic or --hf-dataset")
+    check_build_config(cfg)
+    check_output_dir(cfg.out, "dataset", cfg.force)  # refuse a bad --out before the slow reading
     docs = collect_documents(cfg, stats)  # validate sources before touching the output path
-    tmp = staging_dir(cfg.out, cfg.force)
+    tmp = staging_dir(cfg.out, cfg.force, "dataset")
     try:
         meta = _build_into(cfg, docs, stats, tmp, t0)
-        commit_dir(tmp, cfg.out)
+        commit_dir(tmp, cfg.out, "dataset")
     except BaseException:
         import shutil
 
@@ -118,6 +140,7 @@ def _build_into(cfg: BuildConfig, docs: list[Document], stats: CorpusStats, tmp:
         "val_fraction": cfg.val_fraction,
         "vocab_size": tok.get_vocab_size(),
         "tokenizer_source": str(cfg.tokenizer) if cfg.tokenizer else "trained",
+        HASH_KEY: tokenizer_sha256(tmp / "tokenizer.json"),
         "eot_id": eot_id(tok),
         "required_tokens": list(cfg.required_tokens),
         "documents": {

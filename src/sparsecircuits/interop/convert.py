@@ -55,11 +55,11 @@ def import_openai(
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise UserError(f"source directory not found: {src}")
-    tmp = staging_dir(out, force)  # refuses an existing RUN before any slow work
+    tmp = staging_dir(out, force, "import")  # refuses an existing RUN before any slow work
     try:
         _convert_into(src, tmp, tokenizer_dir, log)
         load_run(tmp)  # the result must open like any run (strict names and shapes)
-        commit_dir(tmp, out)
+        commit_dir(tmp, out, "import")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,18 +6,23 @@ from pathlib import Path
 
 import click
 
-PRESET_NAMES = ("tiny", "demo", "demo-gpu", "paper")  # train.config.PRESETS; listed here so --help stays fast
+from sparsecircuits.cli_options import (
+    FiniteFloat,
+    data_option,
+    device_option,
+    force_option,
+    preset_option,
+    quiet_option,
+    seed_option,
+)
+
+MAX_NEW_TOKENS = 100_000
 
 
 @click.command()
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Dataset directory.")
+@data_option()
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
-@click.option(
-    "--preset",
-    type=click.Choice(PRESET_NAMES),
-    default=None,
-    help="Model and training preset [default: demo].",
-)
+@preset_option()
 @click.option("--dense", is_flag=True, help="Dense weights (train.l0_target=1); AbsTopK stays unless --set.")
 @click.option(
     "--set",
@@ -27,11 +32,9 @@ PRESET_NAMES = ("tiny", "demo", "demo-gpu", "paper")  # train.config.PRESETS; li
     help="Override a field, e.g. --set model.d_model=256 --set train.lr=0.01 (repeatable).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--force", is_flag=True, help="Delete an existing run in --out and start again.")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: train.device."
-)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@force_option("Replace the run this project wrote in --out (your other files there stay) and start again.")
+@device_option(default=None, help="auto, cpu, cuda or cuda:N [default: train.device].")
+@quiet_option("No progress bar.")
 def train(data_dir, out, preset, dense, sets, resume, force, device, quiet) -> None:
     """Train a weight-sparse (or --dense) GPT on a dataset built by `data build`.
 
@@ -45,13 +48,13 @@ def train(data_dir, out, preset, dense, sets, resume, force, device, quiet) -> N
 @click.command()
 @click.option("--model", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--prompt", default="", help="Text to continue (default: start of a new file).")
-@click.option("--max-new-tokens", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-new-tokens", default=100, show_default=True, type=click.IntRange(1, MAX_NEW_TOKENS))
 @click.option(
-    "--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0.0), help="0 = greedy."
+    "--temperature", default=0.8, show_default=True, type=FiniteFloat(0.0, 100.0), help="0 = greedy."
 )
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="Sample from the k likeliest tokens.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@seed_option()
+@device_option(default="cpu")
 def sample(run_dir, prompt, max_new_tokens, temperature, top_k, seed, device) -> None:
     """Generate Python code from a trained model."""
     import torch

@@ -20,6 +20,13 @@ from sparsecircuits.model.config import ModelConfig
 
 SPARSITY_SCHEDULES = ("uniform", "paper_quirk")
 DTYPES = ("auto", "float32", "bfloat16")
+# Sanity caps, far above any real run, so a typo (steps=1e30, batch_size=1e12, d_model=1e9) is a one-line
+# error instead of an allocation failure or an endless run.
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 10**9
+MAX_BATCH = 2**20
+MAX_TOKENS_PER_STEP = 2**26
+MAX_PARAMS = 10**10
 
 
 @dataclass
@@ -70,6 +77,15 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise UserError(f"train config: {name} must be an integer >= {minimum}, got {value!r}")
+        for name, maximum in (
+            ("steps", MAX_STEPS),
+            ("batch_size", MAX_BATCH),
+            ("eval_batches", MAX_BATCH),
+            ("eval_batch_size", MAX_BATCH),
+            ("seed", MAX_SEED),
+        ):
+            if getattr(self, name) > maximum:
+                raise UserError(f"train config: {name} must be at most {maximum}, got {getattr(self, name)}")
         _check_range("l0_target", self.l0_target, 0.0, 1.0, low_open=True)
         _check_range("anneal_frac", self.anneal_frac, 0.0, 1.0)
         _check_range("warmup_frac", self.warmup_frac, 0.0, 1.0, high_open=True)
@@ -226,11 +242,33 @@ def build_config(
         apply_override({"model": model, "train": train}, item)
     model.validate()
     train.validate()
+    check_size(model, train)
     if model.vocab_size != vocab_size:
         raise UserError(
             f"model.vocab_size {model.vocab_size} does not match the tokenizer's vocabulary ({vocab_size})"
         )
     return model, train
+
+
+def approx_params(model: ModelConfig) -> int:
+    """Rough parameter count (attention, MLP, embeddings, unembedding), for the sanity cap only."""
+    attn = 4 * model.d_model * model.n_head * model.d_head
+    mlp = 2 * model.d_model * model.d_mlp
+    return model.n_layer * (attn + mlp) + (2 * model.vocab_size + model.n_ctx) * model.d_model
+
+
+def check_size(model: ModelConfig, train: TrainConfig) -> None:
+    """UserError for a model or a step far beyond anything trainable here (MAX_PARAMS, MAX_TOKENS_PER_STEP)."""
+    if approx_params(model) > MAX_PARAMS:
+        raise UserError(
+            f"model config: about {approx_params(model):.3g} parameters, more than the {MAX_PARAMS:.0e} "
+            "this toolkit trains; check d_model, d_mlp, n_head, n_layer"
+        )
+    if train.batch_size * model.n_ctx > MAX_TOKENS_PER_STEP:
+        raise UserError(
+            f"train.batch_size {train.batch_size} x model.n_ctx {model.n_ctx} tokens per step is more than "
+            f"{MAX_TOKENS_PER_STEP}"
+        )
 
 
 def apply_override(targets: typing.Mapping[str, Any], item: str) -> None:

@@ -33,7 +33,7 @@ from sparsecircuits.data.dataset import DatasetDir, load_dataset
 from sparsecircuits.data.shards import TokenSampler
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.errors import UserError
-from sparsecircuits.io import atomic_write, atomic_write_json, read_json
+from sparsecircuits.io import atomic_write, atomic_write_json, check_output_dir, prepare_output_dir, read_json
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.gpt import GPT
 from sparsecircuits.run import CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, save_model
@@ -100,17 +100,11 @@ def prepare_run(
     if resume:
         setup = _resume_setup(data, out, vocab, preset, dense, sets)
     else:
-        if out.exists() and not out.is_dir():
-            raise UserError(f"output path exists and is not a directory: {out}")
-        if out.is_dir() and any(out.iterdir()):
-            if not force:
-                raise UserError(
-                    f"run directory already exists: {out} (use --resume to continue or --force to overwrite)"
-                )
-            if not (out / CONFIG_FILE).is_file():
-                raise UserError(
-                    f"refusing to overwrite {out}: it has no {CONFIG_FILE}, so it is not a run directory"
-                )
+        if out.is_dir() and any(out.iterdir()) and not force:
+            raise UserError(
+                f"run directory already exists: {out} (use --resume to continue or --force to overwrite)"
+            )
+        check_output_dir(out, "run", force)  # --force replaces only a run this project wrote
         model_cfg, train_cfg = build_config(preset or "demo", vocab, dense, sets)
         setup = RunSetup(out, data, model_cfg, train_cfg)
     if device is not None:
@@ -157,9 +151,7 @@ def create_run_dir(setup: RunSetup, preset: str, dense: bool, sets: Sequence[str
     """Create (or, after the --force check, replace) the run directory; write config.json and the
     tokenizer; compute the bigram baseline once."""
     out = setup.run_dir
-    if out.is_dir():
-        shutil.rmtree(out)  # checked above: --force on a run directory
-    out.mkdir(parents=True)
+    prepare_output_dir(out, "run", force=out.is_dir())  # checked above: --force on a run directory
     cfg = setup.model_cfg
     setup.bigram_val_loss = bigram_baseline_loss(
         setup.data, cfg.vocab_size, cfg.n_ctx, setup.train_cfg.eval_batches, setup.train_cfg.eval_batch_size

@@ -1,0 +1,135 @@
+"""Command-line options shared by several commands, written once: device, force, quiet, preset, data, seed.
+
+Choice lists come from the registries they name (presets from `train.config.PRESETS`, ablations from
+`circuits.masks.ABLATIONS`), and the numeric types here refuse NaN, infinities and out-of-range values at
+parse time, so a bad option never reaches slow work. The device itself is resolved by the one resolver,
+`train.distributed.resolve_device`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sparsecircuits.train.config import MAX_SEED
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class DeviceType(click.ParamType):
+    """auto, cpu, cuda or cuda:N (checked against the hardware later, by `resolve_device`)."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if not DEVICE_PATTERN.match(text):
+            self.fail(f"{value!r} is not a device; expected auto, cpu, cuda or cuda:N", param, ctx)
+        return text
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float in [min, max] (either bound open with min_open / max_open); NaN and inf are refused."""
+
+    name = "number"
+
+    def __init__(
+        self,
+        min: float = -math.inf,
+        max: float = math.inf,
+        min_open: bool = False,
+        max_open: bool = False,
+    ):
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        low_ok = number > self.min if self.min_open else number >= self.min
+        high_ok = number < self.max if self.max_open else number <= self.max
+        if not (math.isfinite(number) and low_ok and high_ok):
+            self.fail(f"{value!r} is not in {self._interval()}", param, ctx)
+        return number
+
+    def _interval(self) -> str:
+        lo = "-inf" if self.min == -math.inf else f"{self.min:g}"
+        hi = "inf" if self.max == math.inf else f"{self.max:g}"
+        return f"{'(' if self.min_open or self.min == -math.inf else '['}{lo}, {hi}{')' if self.max_open or self.max == math.inf else ']'}"
+
+
+def count(minimum: int = 1, maximum: int | None = None) -> click.IntRange:
+    """An integer option in [minimum, maximum]."""
+    return click.IntRange(min=minimum, max=maximum)
+
+
+POSITIVE = FiniteFloat(0.0, min_open=True)
+NON_NEGATIVE = FiniteFloat(0.0)
+FRACTION = FiniteFloat(0.0, 1.0, min_open=True, max_open=True)
+
+
+def preset_names() -> tuple[str, ...]:
+    """The training presets (train.config.PRESETS; a light import, so --help stays fast)."""
+    from sparsecircuits.train.config import PRESETS
+
+    return tuple(PRESETS)
+
+
+def ablation_names() -> tuple[str, ...]:
+    """The ablation strategies (circuits.masks.ABLATIONS)."""
+    from sparsecircuits.circuits.masks import ABLATIONS
+
+    return tuple(ABLATIONS)
+
+
+def device_option(default: str | None = "auto", help: str | None = None) -> Decorator:
+    """--device auto|cpu|cuda|cuda:N."""
+    text = help or ("auto: CUDA when available, else the CPU" if default == "auto" else "cpu, cuda or cuda:N")
+    return click.option(
+        "--device",
+        type=DeviceType(),
+        default=default,
+        show_default=default is not None,
+        help=text,
+    )
+
+
+def force_option(help: str = "Replace this project's earlier output in --out.") -> Decorator:
+    """--force. It only ever replaces output this project wrote (io.check_output_dir)."""
+    return click.option("--force", is_flag=True, help=help)
+
+
+def quiet_option(help: str = "No progress output.") -> Decorator:
+    return click.option("--quiet", is_flag=True, help=help)
+
+
+def seed_option(default: int = 0, help: str | None = None) -> Decorator:
+    return click.option(
+        "--seed",
+        default=default,
+        show_default=True,
+        type=click.IntRange(0, MAX_SEED),
+        help=help or "Random seed.",
+    )
+
+
+def preset_option(help: str = "Model and training preset [default: demo].") -> Decorator:
+    return click.option("--preset", type=click.Choice(preset_names()), default=None, help=help)
+
+
+def data_option(required: bool = True, help: str = "Dataset directory (built by `data build`).") -> Decorator:
+    return click.option(
+        "--data", "data_dir", required=required, default=None, type=click.Path(path_type=Path), help=help
+    )
+
+
+def ablation_option(default: str = "mean") -> Decorator:
+    return click.option("--ablation", type=click.Choice(ablation_names()), default=default, show_default=True)
