@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer
 
 from sparsecircuits.bridges.config import BridgeConfig
 from sparsecircuits.bridges.modules import Bridges, bridge_sites, check_compatible
 from sparsecircuits.circuits.means import model_content_hash
+from sparsecircuits.data.tokenizer import check_same_vocab
 from sparsecircuits.errors import UserError
 from sparsecircuits.io import atomic_write_json, read_json
 from sparsecircuits.model.config import ModelConfig
@@ -80,15 +80,6 @@ def write_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
 
 def save_bridges(run_dir: str | Path, bridges: Bridges) -> None:
     save_model(bridges, Path(run_dir) / BRIDGES_WEIGHTS)
-
-
-def check_same_vocab(a: Tokenizer, b: Tokenizer, what_a: str, what_b: str) -> None:
-    """UserError unless two tokenizers have the same vocabulary (same token strings at the same ids)."""
-    va, vb = a.get_vocab(), b.get_vocab()
-    if len(va) != len(vb):
-        raise UserError(f"vocabulary mismatch: {what_a} has {len(va)} tokens, {what_b} has {len(vb)}")
-    if va != vb:
-        raise UserError(f"tokenizer mismatch: {what_a} and {what_b} have {len(va)} tokens but different ones")
 
 
 def open_dense(path: str | Path, meta: dict[str, Any], device: str | torch.device) -> Run:

@@ -16,8 +16,10 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from sparsecircuits.errors import UserError
+from sparsecircuits.io import file_sha256
 
 EOT = "<|endoftext|>"
+HASH_KEY = "tokenizer_sha256"  # SHA-256 of tokenizer.json, in a run's config.json and a dataset's meta.json
 SPLIT_PATTERN = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 N_BYTES = 256
 
@@ -174,3 +176,28 @@ def eot_id(tok: Tokenizer) -> int:
     if i is None:
         raise UserError(f"tokenizer has no {EOT} token")
     return i
+
+
+def tokenizer_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a tokenizer.json file's bytes (what runs and datasets record under HASH_KEY)."""
+    return file_sha256(path)
+
+
+def check_tokenizer_file(path: str | Path, expected: str | None, recorded_in: str) -> None:
+    """UserError when the tokenizer file at `path` no longer has the SHA-256 recorded in `recorded_in`.
+
+    `expected` None (an older run or dataset that recorded none) checks nothing."""
+    if expected is not None and tokenizer_sha256(path) != expected:
+        raise UserError(
+            f"{path} is not the tokenizer recorded in {recorded_in} (SHA-256 differs): it was replaced "
+            "or edited; restore the original"
+        )
+
+
+def check_same_vocab(a: Tokenizer, b: Tokenizer, what_a: str, what_b: str) -> None:
+    """UserError unless two tokenizers have the same vocabulary (same token strings at the same ids)."""
+    va, vb = a.get_vocab(), b.get_vocab()
+    if len(va) != len(vb):
+        raise UserError(f"vocabulary mismatch: {what_a} has {len(va)} tokens, {what_b} has {len(vb)}")
+    if va != vb:
+        raise UserError(f"tokenizer mismatch: {what_a} and {what_b} have {len(va)} tokens but different ones")
