@@ -1,7 +1,7 @@
 """Command-line options shared by several commands, written once: device, force, quiet, preset, data, seed.
 
 Choice lists come from the registries they name (presets from `train.config.PRESETS`, ablations from
-`circuits.masks.ABLATIONS`), and the numeric types here refuse NaN, infinities and out-of-range values at
+`circuits.ablations.ABLATIONS`), and the numeric types here refuse NaN, infinities and out-of-range values at
 parse time, so a bad option never reaches slow work. The device itself is resolved by the one resolver,
 `train.distributed.resolve_device`.
 """
@@ -16,10 +16,9 @@ from typing import Any
 
 import click
 
-from sparsecircuits.train.config import MAX_SEED
-
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding accepts no more; torch and random take it too
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -76,18 +75,25 @@ NON_NEGATIVE = FiniteFloat(0.0)
 FRACTION = FiniteFloat(0.0, 1.0, min_open=True, max_open=True)
 
 
+class LazyChoice(click.Choice):
+    """A click.Choice whose choices are read from their registry on first use, so importing a command
+    module (and `--help` of another command) does not import the registry's module."""
+
+    def __init__(self, load: Callable[[], Any], case_sensitive: bool = True):
+        self._load, self._choices, self.case_sensitive = load, None, case_sensitive
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self._choices is None:
+            self._choices = tuple(self._load())
+        return self._choices
+
+
 def preset_names() -> tuple[str, ...]:
-    """The training presets (train.config.PRESETS; a light import, so --help stays fast)."""
+    """The training presets: the keys of train.config.PRESETS."""
     from sparsecircuits.train.config import PRESETS
 
     return tuple(PRESETS)
-
-
-def ablation_names() -> tuple[str, ...]:
-    """The ablation strategies (circuits.masks.ABLATIONS)."""
-    from sparsecircuits.circuits.masks import ABLATIONS
-
-    return tuple(ABLATIONS)
 
 
 def device_option(default: str | None = "auto", help: str | None = None) -> Decorator:
@@ -122,14 +128,10 @@ def seed_option(default: int = 0, help: str | None = None) -> Decorator:
 
 
 def preset_option(help: str = "Model and training preset [default: demo].") -> Decorator:
-    return click.option("--preset", type=click.Choice(preset_names()), default=None, help=help)
+    return click.option("--preset", type=LazyChoice(preset_names), default=None, help=help)
 
 
 def data_option(required: bool = True, help: str = "Dataset directory (built by `data build`).") -> Decorator:
     return click.option(
         "--data", "data_dir", required=required, default=None, type=click.Path(path_type=Path), help=help
     )
-
-
-def ablation_option(default: str = "mean") -> Decorator:
-    return click.option("--ablation", type=click.Choice(ablation_names()), default=default, show_default=True)

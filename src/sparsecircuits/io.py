@@ -6,9 +6,11 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +129,7 @@ def legacy_kind(out: Path) -> str | None:
     run/import: config.json with a valid "model" section and model.safetensors or checkpoints/ (import:
     config.json also has the importer's "source" record); dataset: meta.json with content_hash and vocab_size
     beside train.bin; demo: demo.json naming its models; frontier: frontier.json with "models"; prune:
-    summary.json with "tasks_total". Anything else is not ours.
+    summary.json with "tasks_total", or a circuit file with "nodes" and "model". Anything else is not ours.
     """
     config = _read_json_object(out / "config.json")
     if _is_run_config(config) and ((out / "model.safetensors").is_file() or (out / "checkpoints").is_dir()):
@@ -143,6 +145,10 @@ def legacy_kind(out: Path) -> str | None:
         found = _read_json_object(out / name)
         if found and key in found:
             return kind
+    for circuit in sorted(out.glob("*.circuit.json"))[:1]:
+        found = _read_json_object(circuit)
+        if found and {"nodes", "model"} <= set(found):
+            return "prune"
     return None
 
 
@@ -232,6 +238,25 @@ def check_output_dir(out: str | Path, kind: str, force: bool, resume: bool = Fal
     return out
 
 
+def check_output_files(out: str | Path, names: Iterable[str], force: bool, kind: str) -> Path:
+    """Refuse before any work to write the files `names` into the folder `out` (e.g. prune's circuits and
+    summary.json): `out` is a file, one of them exists without `force`, or with `force` the folder is not this
+    project's `kind` output, or it cannot be written. Other files in `out` are never touched."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path exists and is not a directory: {out}")
+    clashes = [out / n for n in names if (out / n).exists()]
+    if clashes and not force:
+        raise UserError(f"{clashes[0]} already exists (use --force to overwrite)")
+    if clashes and output_kind(out) != kind:
+        raise UserError(
+            f"refusing to overwrite {clashes[0]}: {out} holds no sparsecircuits {kind} output "
+            f"(no {MARKER_FILE}); choose another --out"
+        )
+    check_writable(out, "output directory")
+    return out
+
+
 def clear_output_dir(out: str | Path, kind: str, keep: tuple[str, ...] = ()) -> None:
     """Remove the entries the project writes for `kind` from `out` (checked by `check_output_dir`), except
     the names in `keep`; anything else in it stays."""
@@ -254,6 +279,40 @@ def prepare_output_dir(out: str | Path, kind: str, force: bool, **info: Any) -> 
     return out
 
 
+def staging_prefix(name: str) -> str:
+    """Prefix of the hidden staging folder of output `name`, naming this host and process (`.NAME.HOST-PID.`),
+    so a later run can tell the folder of a killed process from that of one still running."""
+    return f".{name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _process_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def remove_stale_staging(parent: str | Path, name_pattern: str) -> list[Path]:
+    """Remove the staging folders (`staging_prefix(NAME)` + random + `.tmp`, NAME matching the regular
+    expression `name_pattern`) in `parent` whose process on this host no longer runs: what a killed build
+    left. Folders of running processes and of other hosts stay. Returns the folders removed."""
+    pattern = re.compile(rf"\.(?:{name_pattern})\.(?P<host>.+)-(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp")
+    parent, host, removed = Path(parent), socket.gethostname(), []
+    if not parent.is_dir():
+        return removed
+    for p in parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and m["host"] == host and p.is_dir() and not p.is_symlink() and _process_gone(int(m["pid"])):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def staging_dir(out: str | Path, force: bool, kind: str | None = None) -> Path:
     """Return a fresh temporary directory beside `out`; `commit_dir` later moves it onto `out`.
 
@@ -271,7 +330,8 @@ def staging_dir(out: str | Path, force: bool, kind: str | None = None) -> Path:
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+        remove_stale_staging(parent, re.escape(out.name))  # left by a killed run of the same command
+        return Path(tempfile.mkdtemp(prefix=staging_prefix(out.name), suffix=".tmp", dir=parent))
     except OSError as e:
         raise UserError(f"cannot write output directory {out}: {e.strerror}") from None
 

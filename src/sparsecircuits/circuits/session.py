@@ -10,12 +10,11 @@ import torch
 from sparsecircuits.errors import UserError
 
 
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available")
-    return name
+def pick_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N resolved by the one device resolver, train.distributed.resolve_device."""
+    from sparsecircuits.train.distributed import resolve_device
+
+    return resolve_device(name)
 
 
 class PruneSession:

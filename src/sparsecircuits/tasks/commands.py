@@ -7,10 +7,14 @@ from pathlib import Path
 
 import click
 
+from sparsecircuits.cli_options import count, device_option, force_option, seed_option
 from sparsecircuits.tasks.base import SPLITS
 from sparsecircuits.tasks.registry import all_tasks, get_task
 
 MARK = "⟨?⟩"
+MAX_SHOW = 1000  # pairs printed by `tasks show`
+MAX_EVAL_PAIRS = 65_536  # pairs per task for `eval` (far above what a pool holds distinct)
+MAX_VAL_BATCHES = 100_000
 
 
 def _shown(s: str) -> str:
@@ -34,9 +38,9 @@ def list_tasks() -> None:
 
 @tasks.command("show")
 @click.argument("name")
-@click.option("--n", "n", default=3, show_default=True, help="Number of pairs.")
+@click.option("--n", "n", default=3, show_default=True, type=count(1, MAX_SHOW), help="Number of pairs.")
 @click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@seed_option()
 def show(name: str, n: int, split: str, seed: int) -> None:
     """Print example pairs of task NAME, the predicted position marked ⟨?⟩."""
     task = get_task(name)
@@ -68,30 +72,42 @@ def _table(rows: list[dict]) -> str:
 @click.command("eval")
 @click.option("--model", "run_path", required=True, type=click.Path(), help="Run directory.")
 @click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default all 20.")
-@click.option("--n-pairs", default=256, show_default=True, help="Pairs per task (2 prompts each).")
+@click.option(
+    "--n-pairs",
+    default=256,
+    show_default=True,
+    type=count(1, MAX_EVAL_PAIRS),
+    help="Pairs per task (2 prompts each).",
+)
 @click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--val-batches", default=20, show_default=True, help="Batches for the pretraining val loss.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available).")
+@seed_option()
+@click.option(
+    "--val-batches",
+    default=20,
+    show_default=True,
+    type=count(1, MAX_VAL_BATCHES),
+    help="Batches for the pretraining val loss.",
+)
+@device_option()
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results here.")
-def eval_cmd(run_path, task_names, n_pairs, split, seed, val_batches, device, json_path) -> None:
+@force_option("Overwrite an existing --json file.")
+def eval_cmd(run_path, task_names, n_pairs, split, seed, val_batches, device, json_path, force) -> None:
     """Task loss, accuracy and logit difference on every task, plus the pretraining validation loss.
 
     Task loss is the binary cross-entropy of correct vs wrong token, averaged over prompts (the authors'
     code sums the two prompts of a pair: twice this value).
     """
-    import torch
     from tqdm import tqdm
 
-    from sparsecircuits.errors import UserError
-    from sparsecircuits.io import atomic_write_json
+    from sparsecircuits.io import atomic_write_json, check_output_file
     from sparsecircuits.run import load_run
     from sparsecircuits.tasks.evaluate import evaluate_task
+    from sparsecircuits.train.distributed import resolve_device
 
-    if n_pairs < 1:
-        raise UserError("--n-pairs must be at least 1")
     selected = [get_task(name) for name in task_names] or all_tasks()
-    run = load_run(run_path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if json_path:
+        check_output_file(json_path, force, "--json file")
+    run = load_run(run_path, device=resolve_device(device))
     rows = []
     for task in tqdm(selected, desc="tasks", file=sys.stderr, disable=len(selected) < 2):
         rows.append(evaluate_task(run.model, run.tokenizer, task, n_pairs=n_pairs, split=split, seed=seed))

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from sparsecircuits.cli_options import MAX_SEED
 from sparsecircuits.errors import UserError, reject_unknown_keys
 from sparsecircuits.model.config import ModelConfig
 
@@ -22,7 +23,6 @@ SPARSITY_SCHEDULES = ("uniform", "paper_quirk")
 DTYPES = ("auto", "float32", "bfloat16")
 # Sanity caps, far above any real run, so a typo (steps=1e30, batch_size=1e12, d_model=1e9) is a one-line
 # error instead of an allocation failure or an endless run.
-MAX_SEED = 2**32 - 1
 MAX_STEPS = 10**9
 MAX_BATCH = 2**20
 MAX_TOKENS_PER_STEP = 2**26
