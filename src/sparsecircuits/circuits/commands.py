@@ -10,14 +10,24 @@ import torch
 
 from sparsecircuits.circuits.circuit import geometric_mean
 from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
+from sparsecircuits.cli_options import (
+    NON_NEGATIVE,
+    POSITIVE,
+    count,
+    data_option,
+    device_option,
+    force_option,
+    quiet_option,
+    seed_option,
+)
 from sparsecircuits.errors import UserError
 
 SUMMARY_FILE = "summary.json"
-DATA_OPTION = click.option(
-    "--data",
-    "data_dir",
-    default=None,
-    type=click.Path(path_type=Path),
+MAX_PAIRS = 65_536  # pairs per task split (far above what a pool holds distinct)
+MAX_WINDOWS = 100_000
+MAX_STEPS = 1_000_000
+DATA_OPTION = data_option(
+    required=False,
     help="Pretraining dataset for mean activations (default: the one the model was trained on).",
 )
 
@@ -51,30 +61,58 @@ def _summary_line(c: dict) -> str:
     help="Circuit file (one task) or directory (several tasks).",
 )
 @DATA_OPTION
-@click.option("--target-loss", default=0.15, show_default=True, help="Task loss the circuit must reach.")
+@click.option(
+    "--target-loss", default=0.15, show_default=True, type=POSITIVE, help="Task loss the circuit must reach."
+)
 @click.option(
     "--ablation", type=click.Choice(["mean", "zero", "resample"]), default="mean", show_default=True
 )
-@click.option("--steps", default=200, show_default=True, help="Mask training steps per trial.")
 @click.option(
-    "--budget", default=1, show_default=True, help="Hyperparameter trials per task (1: Table 2 centers)."
+    "--steps", default=200, show_default=True, type=count(1, MAX_STEPS), help="Mask training steps per trial."
 )
-@click.option("--k-coef", default=1e-4, show_default=True, help="Penalty per active node.")
-@click.option("--lr", default=3e-3, show_default=True, help="Mask learning rate.")
 @click.option(
-    "--batch-pairs", default=32, show_default=True, help="Pairs per mask training step (the paper: 64)."
+    "--budget",
+    default=1,
+    show_default=True,
+    type=count(1, 1000),
+    help="Hyperparameter trials per task (1: Table 2 centers).",
 )
-@click.option("--train-pairs", default=256, show_default=True, help="Training pairs to draw batches from.")
-@click.option("--eval-pairs", default=64, show_default=True, help="Fixed validation pairs for the bisection.")
+@click.option("--k-coef", default=1e-4, show_default=True, type=NON_NEGATIVE, help="Penalty per active node.")
+@click.option("--lr", default=3e-3, show_default=True, type=POSITIVE, help="Mask learning rate.")
 @click.option(
-    "--mean-windows", default=64, show_default=True, help="Pretraining windows for mean activations."
+    "--batch-pairs",
+    default=32,
+    show_default=True,
+    type=count(1, MAX_PAIRS),
+    help="Pairs per mask training step (the paper: 64).",
+)
+@click.option(
+    "--train-pairs",
+    default=256,
+    show_default=True,
+    type=count(1, MAX_PAIRS),
+    help="Training pairs to draw batches from.",
+)
+@click.option(
+    "--eval-pairs",
+    default=64,
+    show_default=True,
+    type=count(1, MAX_PAIRS),
+    help="Fixed validation pairs for the bisection.",
+)
+@click.option(
+    "--mean-windows",
+    default=64,
+    show_default=True,
+    type=count(1, MAX_WINDOWS),
+    help="Pretraining windows for mean activations.",
 )
 @click.option("--no-calibrate", is_flag=True, help="Compare the uncalibrated loss with the target.")
 @click.option("--no-validate", is_flag=True, help="Skip the sufficiency/necessity/random/resample checks.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--force", is_flag=True, help="Overwrite existing circuit files.")
-@click.option("--quiet", is_flag=True)
+@seed_option()
+@device_option()
+@force_option("Overwrite the circuit files (and summary.json) this project wrote.")
+@quiet_option()
 def prune(
     model_dir,
     data_dir,
@@ -104,19 +142,18 @@ def prune(
     from sparsecircuits.tasks import all_tasks as registry
     from sparsecircuits.tasks import get_task
 
+    if all_tasks and tasks:
+        raise UserError("give either --task NAME (repeatable) or --all-tasks, not both")
     if all_tasks:
         tasks = tuple(t.name for t in registry())
     if not tasks:
         raise UserError("name a task with --task NAME, or use --all-tasks")
+    tasks = tuple(dict.fromkeys(tasks))  # a task named twice is pruned once
     for t in tasks:
         get_task(t)  # unknown names fail before any work
-    if budget < 1:
-        raise UserError("--budget must be at least 1")
     many = len(tasks) > 1 or all_tasks
     paths = {t: (out / f"{t}.circuit.json" if many else out) for t in tasks}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not force:
-        raise UserError(f"{existing[0]} already exists (use --force to overwrite)")
+    _check_prune_out(out, paths, many, force)
     cfg = PruneConfig(
         target_loss=target_loss,
         ablation=ablation,
@@ -157,8 +194,22 @@ def prune(
         _write_summary(out, rows, target_loss)
 
 
+def _check_prune_out(out: Path, paths: dict[str, Path], many: bool, force: bool) -> None:
+    """Refuse, before any work, outputs that exist (without --force), are not ours, or cannot be written."""
+    from sparsecircuits.io import check_output_file, check_output_files
+
+    if not many:
+        check_output_file(out, force, "--out circuit file")
+        return
+    if out.name.endswith(".json"):
+        raise UserError(f"with several tasks --out is a directory, got the file name {out}")
+    check_output_files(out, [p.name for p in paths.values()] + [SUMMARY_FILE], force, "prune")
+
+
 def _write_summary(out: Path, rows: list[dict], target: float) -> None:
-    from sparsecircuits.io import atomic_write_json
+    from sparsecircuits.io import atomic_write_json, mark_output_dir
+
+    mark_output_dir(out, "prune")  # --force may later replace these circuit files and summary.json
 
     reached = [r for r in rows if r["reached"]]
     gm = geometric_mean([r["edges"] for r in reached])
@@ -189,10 +240,14 @@ def _write_summary(out: Path, rows: list[dict], target: float) -> None:
     "--model", "model_dir", type=click.Path(path_type=Path), help="Run directory (default: as recorded)."
 )
 @DATA_OPTION
-@click.option("--n-pairs", default=128, show_default=True, help="Test pairs to evaluate on.")
-@click.option("--n-random", default=5, show_default=True, help="Random circuits for the baseline.")
-@click.option("--mean-windows", default=64, show_default=True)
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option(
+    "--n-pairs", default=128, show_default=True, type=count(1, MAX_PAIRS), help="Test pairs to evaluate on."
+)
+@click.option(
+    "--n-random", default=5, show_default=True, type=count(1, 1000), help="Random circuits for the baseline."
+)
+@click.option("--mean-windows", default=64, show_default=True, type=count(1, MAX_WINDOWS))
+@device_option()
 @click.option("--no-write", is_flag=True, help="Print only; do not store the results in the circuit file.")
 def validate_cmd(
     circuit_path, model_dir, data_dir, n_pairs, n_random, mean_windows, device, no_write
@@ -203,6 +258,10 @@ def validate_cmd(
     from sparsecircuits.circuits.validate import validate
 
     circuit = read_circuit(circuit_path)
+    if not no_write:
+        from sparsecircuits.io import check_writable
+
+        check_writable(circuit_path, "circuit file")  # the results are stored in it: check before the work
     run_dir = model_dir or Path(circuit["model"]["path"])
     session = PruneSession(run_dir, pick_device(device), mean_windows, data_dir=data_dir)
     if session.model_info["content_hash"] != circuit["model"].get("content_hash"):
