@@ -8,13 +8,16 @@ Splits. Each draft has a split key, by default `before` and `after` (the text ou
 key puts the draft in train (80%), val (10%) or test (10%); `Task.pairs` keeps drawing until it has `n`
 distinct pairs of the requested split. Generators choose the key so that it is a function of either prompt's
 text alone (the same text never gets two keys), so no prompt text can appear in two splits, whatever seed.
+
+Declaring a task. `@suite.task(name, description, cue, candidates)` on its generator (see tasks/suite.py)
+records a `Task`; the registry (tasks/registry.py) is built from the declared tasks, in declaration order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sparsecircuits.errors import UserError
@@ -129,3 +132,29 @@ class Task:
         if len(out) < n:
             raise UserError(f"task {self.name} produced only {len(out)} distinct {split} pairs, {n} asked")
         return out
+
+
+Generator = Callable[[random.Random], Draft]
+
+
+class TaskSuite:
+    """Tasks in the order they are declared; `@suite.task(...)` on a generator declares one."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def task(
+        self, name: str, description: str, cue: str, candidates: Iterable[str], max_cue_chars: int = 12
+    ) -> Callable[[Generator], Generator]:
+        """Decorator: declare the task `name` whose pairs the decorated generator draws (returned unchanged).
+
+        description: one line for `tasks list`; cue: what differs between a pair's prompts; candidates: every
+        completion the generator can produce (single tokens); max_cue_chars: see `Task`."""
+
+        def declare(generate: Generator) -> Generator:
+            if any(t.name == name for t in self.tasks):
+                raise ValueError(f"task {name!r} declared twice")
+            self.tasks.append(Task(name, description, cue, tuple(candidates), generate, max_cue_chars))
+            return generate
+
+        return declare

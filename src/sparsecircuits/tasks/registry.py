@@ -1,4 +1,4 @@
-"""Look up tasks by their paper names."""
+"""Look up tasks by their paper names. The registry is the tasks declared in suite.py (`@SUITE.task`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ _BY_NAME: dict[str, Task] = {t.name: t for t in TASKS}
 
 
 def task_names() -> list[str]:
-    """The 20 task names, in the paper's order."""
+    """The task names, in the paper's order."""
     return [t.name for t in TASKS]
 
 

@@ -1,5 +1,9 @@
 """The 20 Python next-token tasks of the paper (PAPER.md 6.1), one generator each.
 
+Each generator declares its task right above it with `@SUITE.task(name, description, cue, candidates)`;
+the registry (registry.py) lists the declared tasks in the order they appear here, the paper's order. A new
+task is a generator with its decorator in this file (and its name in the test's list of expected tasks).
+
 Every generator returns a `Draft`: the shared context (`before`, `after`), the two cues and the two single-token
 completions. Completion strings are chosen to be exactly the pre-token the tokenizer produces at that point
 (see tokens.py): e.g. a statement-ending colon is `":\\n"` (the split pattern glues a newline to punctuation),
@@ -11,10 +15,11 @@ from __future__ import annotations
 
 import random
 
-from sparsecircuits.tasks.base import Draft, Task
+from sparsecircuits.tasks.base import Draft, Task, TaskSuite
 from sparsecircuits.tasks.pools import COLLECTIONS, STATEMENTS, allowed, indent, preamble, scope
 
 NL = "\n"
+SUITE = TaskSuite()  # each generator below declares its task with @SUITE.task
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -65,6 +70,13 @@ def _message(rng: random.Random) -> str:
     return msg.capitalize() if rng.random() < 0.5 else msg
 
 
+@SUITE.task(
+    "single_double_quote",
+    "Close a string with the quote it was opened with.",
+    "opening `(\"` vs `('`",
+    ('")\n', "')\n"),
+    max_cue_chars=2,
+)
 def single_double_quote(rng: random.Random) -> Draft:
     sc = scope(rng, forbid=('"', "'"), n_statements=(0, 3))
     before = sc.header + sc.ind + rng.choice(QUOTE_CALLS)
@@ -83,6 +95,13 @@ KWARG_NAMES = _words(
 DEFAULTS = ("None", "0", "1", "3", "10", "100", "True", "False", '"r"', '"utf-8"', '""', "0.5", "1.0", "-1")
 
 
+@SUITE.task(
+    "final_kwarg",
+    "After parameters with defaults the next parameter needs one too.",
+    "earlier parameters have defaults vs none do",
+    ("=None", "):\n"),
+    max_cue_chars=64,
+)
 def final_kwarg(rng: random.Random) -> Draft:
     """Earlier parameters have defaults, so the next must too (`=None`), vs none do (`):\\n` ends it)."""
     required = rng.sample(REQUIRED_ARGS, rng.randint(0, 2))
@@ -143,10 +162,24 @@ def _set_or_string(rng: random.Random, var: str, gap: tuple[int, int]) -> Draft:
     return Draft(before, "set()", empty, after, ".add", " +=", f"({elem})\n", f" {elem}\n")
 
 
+@SUITE.task(
+    "set_or_string",
+    "Grow a collection with .add if it was initialised as set(), with += if as a string.",
+    'variable initialised as `set()` vs `""`',
+    (".add", " +="),
+    max_cue_chars=6,
+)
 def set_or_string(rng: random.Random) -> Draft:
     return _set_or_string(rng, rng.choice(SET_VARS), gap=(0, 1))
 
 
+@SUITE.task(
+    "set_or_string_fixedvarname",
+    "set_or_string with the variable always named `current` and more lines in between.",
+    'variable initialised as `set()` vs `""`',
+    (".add", " +="),
+    max_cue_chars=6,
+)
 def set_or_string_fixedvarname(rng: random.Random) -> Draft:
     return _set_or_string(rng, "current", gap=(1, 4))
 
@@ -161,6 +194,13 @@ EXTRA_INIT = ("self._cache = {}", "self.enabled = True", "self.children = []", "
 EXTRA_INIT += ("self.history = []", "self.closed = False")
 
 
+@SUITE.task(
+    "class_init",
+    "In __init__, assign the parameter of the same name as the attribute.",
+    "which attribute the `self.x =` line assigns",
+    _names(ATTRS),
+    max_cue_chars=8,
+)
 def class_init(rng: random.Random) -> Draft:
     """In a run of `self.a = a` lines, the next attribute name is copied: the cue is which one is assigned."""
     args = rng.sample(ATTRS, rng.randint(3, 5))
@@ -193,6 +233,13 @@ OPEN_ARGS += ("path, encoding=encoding", "filename, mode", "path, newline=newlin
 HANDLES = _words("f fh handle fp stream infile")
 
 
+@SUITE.task(
+    "with_as",
+    "`with open(...)` is followed by `as`; `f = open(...)` ends the statement.",
+    "`with` vs `f =` before `open(`",
+    (")", ")\n"),
+    max_cue_chars=10,
+)
 def with_as(rng: random.Random) -> Draft:
     """`with open(p` closes with `)` then ` as`; `f = open(p` closes with `)\\n` (statement ends).
 
@@ -234,6 +281,13 @@ def _bb_key(rng: random.Random) -> tuple[str, str]:
     return str(rng.randint(0, 99)), ""
 
 
+@SUITE.task(
+    "bracket_brace",
+    "The first key of a dict literal is followed by `:`, the first item of a list by `,`.",
+    "`{` vs `[`",
+    (":", ",", '":', '",', "':", "',"),
+    max_cue_chars=1,
+)
 def bracket_brace(rng: random.Random) -> Draft:
     """Inside a dict literal the first key is followed by `:`; inside a list by `,` (with the closing quote)."""
     sc = scope(rng, forbid=("{", "[", "}", "]"), n_statements=(0, 3))
@@ -271,6 +325,13 @@ RW_METHODS += (("import_csv", "export_csv"), ("from_file", "to_file"), ("load_js
 RW_FORBID = ("read", "writ", "load", "save", "dump", "input", "output", "open(", "src", "dst", "export")
 
 
+@SUITE.task(
+    "with_open",
+    "Open a file for reading or writing according to its name.",
+    "input-like vs output-like file name (or load vs save method)",
+    ("r", "w"),
+    max_cue_chars=14,
+)
 def with_open(rng: random.Random) -> Draft:
     """The file's name (or the enclosing method's name) says whether it is read (`r`) or written (`w`).
 
@@ -307,6 +368,13 @@ BC_VARS = _words(
 ELEMENTS = tuple(str(i) for i in range(21)) + ("-1", "0.5", "1.5", "100", "255", "x", "y", "a", "b", "w", "h")
 
 
+@SUITE.task(
+    "bracket_counting",
+    "Close a list nested two deep with `]]`, a flat list with `]`.",
+    "list of lists vs flat list",
+    ("]]\n", "]\n"),
+    max_cue_chars=60,
+)
 def bracket_counting(rng: random.Random) -> Draft:
     """Inside a list of lists the last row closes with `]]`; in a flat list with `]`."""
     sc = scope(rng, forbid=("[", "]"), n_statements=(0, 3))
@@ -333,6 +401,13 @@ LOOP_WORDS = _words(
 )
 
 
+@SUITE.task(
+    "for_while",
+    "`for x` continues with `in`, `while x` with a colon.",
+    "`for` vs `while`",
+    (" in", ":\n"),
+    max_cue_chars=5,
+)
 def for_while(rng: random.Random) -> Draft:
     """`for x` continues with ` in`; `while x` with `:\\n` (paper: `:`; the newline is glued to it)."""
     word = rng.choice(LOOP_WORDS)
@@ -359,6 +434,13 @@ def _cond(rng: random.Random, var: str) -> str:
     return f"{var} {rng.choice(COMPARISONS)}"
 
 
+@SUITE.task(
+    "else_elif",
+    "`else` is followed by a colon, `elif` by a condition.",
+    "`else` vs `elif`",
+    (":\n", *_names(COND_VARS)),
+    max_cue_chars=2,
+)
 def else_elif(rng: random.Random) -> Draft:
     """After `else` comes `:\\n`; after `elif` a condition, which we take to start with the if's variable."""
     var = rng.choice(COND_VARS)
@@ -380,6 +462,13 @@ FSTRING_TEXTS += ("Skipping", "Created user", "Training loss", "Elapsed time", "
 FSTRING_VARS = _words("count total name n value path loss epoch step user elapsed")
 
 
+@SUITE.task(
+    "fstring_brace",
+    "Interpolate with `{` inside an f-string; close a plain string and pass the value separately.",
+    '`f"` vs `"`',
+    (" {", '",', "',"),
+    max_cue_chars=1,
+)
 def fstring_brace(rng: random.Random) -> Draft:
     """In an f-string the text continues with ` {` (interpolation); in a plain string with `",` (close it,
     pass the value as the next argument to print)."""
@@ -407,6 +496,13 @@ def _full_cond(rng: random.Random) -> str:
     )
 
 
+@SUITE.task(
+    "if_ternary",
+    "`if` opening a statement is followed by a colon, inside a ternary by `else`.",
+    "`if c` statement vs `y = a if c`",
+    (":\n", " else"),
+    max_cue_chars=24,
+)
 def if_ternary(rng: random.Random) -> Draft:
     """`if c` opening a statement continues with `:\\n`; inside `y = a if c` with ` else`."""
     sc = scope(rng, n_statements=(0, 3))
@@ -442,6 +538,13 @@ def _swap_context(rng: random.Random, u: str, v: str, ind: str) -> tuple[str, st
     return init, ind
 
 
+@SUITE.task(
+    "var_swap",
+    "In `a, b = b, a` the final name is the first one.",
+    "the order of the names on the left of the swap",
+    _names(tuple(n for pair in SWAP_NAMES for n in pair)),
+    max_cue_chars=28,
+)
 def var_swap(rng: random.Random) -> Draft:
     """In a swap `a, b = b,` the next name is the first one (` a`); the negative swaps in the other order."""
     u, v = rng.sample(rng.choice(SWAP_NAMES), 2)
@@ -461,6 +564,13 @@ def var_swap(rng: random.Random) -> Draft:
 INDENTS = tuple(" " * (depth - 1) for depth in (4, 8, 12))
 
 
+@SUITE.task(
+    "indent_for",
+    "After a `for` header the next line is indented one level deeper.",
+    "previous line is a `for` header vs a plain statement",
+    INDENTS,
+    max_cue_chars=40,
+)
 def indent_for(rng: random.Random) -> Draft:
     """After a `for` header the next line is indented one level deeper than after a plain statement.
 
@@ -493,6 +603,13 @@ LAMBDA_NAMES = _words(
 LAMBDA_PARAMS = _words("x item s k row n v e t pair obj event value a")
 
 
+@SUITE.task(
+    "lambda_func",
+    "`lambda p` is followed by a colon, `def name` by its parameter list.",
+    "`name = lambda p` vs `def name`",
+    (":", "():\n"),
+    max_cue_chars=36,
+)
 def lambda_func(rng: random.Random) -> Draft:
     """`name = lambda p` continues with `:`; `def name` with `():\\n` (paper: `(`, which is glued to what
     follows it; we use a function without parameters so the whole `():\\n` is one pre-token)."""
@@ -513,6 +630,13 @@ EQ_VARS = _words(
 EQ_VALUES = ("0", "1", "None", "True", "-1", "10", "'done'", '"ok"', "MAX_RETRIES", "other")
 
 
+@SUITE.task(
+    "if_equals",
+    "A name after `if` is compared with `==`, at the start of a statement assigned with `=`.",
+    "`if v` vs `v`",
+    (" ==", " ="),
+    max_cue_chars=3,
+)
 def if_equals(rng: random.Random) -> Draft:
     """`if v` continues with ` ==`; `v` at the start of a statement with ` =`."""
     var = rng.choice(EQ_VARS)
@@ -527,6 +651,13 @@ def if_equals(rng: random.Random) -> Draft:
 INDEX_NAMES = _words("i idx index n k j pos num lineno step")
 
 
+@SUITE.task(
+    "enumerate_range",
+    "Two loop variables call for `enumerate`, one for `range`.",
+    "`for i, x in` vs `for i in`",
+    (" enumerate", " range"),
+    max_cue_chars=8,
+)
 def enumerate_range(rng: random.Random) -> Draft:
     """`for i, x in` continues with ` enumerate`; `for i in` with ` range`."""
     coll, elem = _coll(rng, exclude=INDEX_NAMES)
@@ -546,6 +677,13 @@ BOOL_VARS = _words(
 )
 
 
+@SUITE.task(
+    "var_if",
+    "`if x == True` is followed by a colon, `x = True` by a newline.",
+    "`if x == True` vs `x = True`",
+    (":\n", "\n"),
+    max_cue_chars=14,
+)
 def var_if(rng: random.Random) -> Draft:
     """`if v == True` continues with `:\\n`; `v = True` ends the line (`\\n`)."""
     var = rng.choice(BOOL_VARS)
@@ -561,6 +699,13 @@ def var_if(rng: random.Random) -> Draft:
 # ---- 20 while_return_true ---------------------------------------------------------------------------------
 
 
+@SUITE.task(
+    "while_return_true",
+    "`while True` is followed by a colon, `return True` by a newline.",
+    "`while` vs `return`",
+    (":\n", "\n"),
+    max_cue_chars=6,
+)
 def while_return_true(rng: random.Random) -> Draft:
     """`while True` continues with `:\\n`; `return True` ends the line (`\\n`). PAPER.md 6.1 note: we follow
     section 3.3 (`:` vs newline), not Table 1's "indentation"."""
@@ -574,167 +719,4 @@ def while_return_true(rng: random.Random) -> Draft:
     return Draft(header + ind, "while", "return", " True", ":\n", "\n", closing_pos, "")
 
 
-# ---- the registry table -----------------------------------------------------------------------------------
-
-TASKS: tuple[Task, ...] = (
-    Task(
-        "single_double_quote",
-        "Close a string with the quote it was opened with.",
-        "opening `(\"` vs `('`",
-        ('")\n', "')\n"),
-        single_double_quote,
-        max_cue_chars=2,
-    ),
-    Task(
-        "final_kwarg",
-        "After parameters with defaults the next parameter needs one too.",
-        "earlier parameters have defaults vs none do",
-        ("=None", "):\n"),
-        final_kwarg,
-        max_cue_chars=64,
-    ),
-    Task(
-        "set_or_string",
-        "Grow a collection with .add if it was initialised as set(), with += if as a string.",
-        'variable initialised as `set()` vs `""`',
-        (".add", " +="),
-        set_or_string,
-        max_cue_chars=6,
-    ),
-    Task(
-        "set_or_string_fixedvarname",
-        "set_or_string with the variable always named `current` and more lines in between.",
-        'variable initialised as `set()` vs `""`',
-        (".add", " +="),
-        set_or_string_fixedvarname,
-        max_cue_chars=6,
-    ),
-    Task(
-        "class_init",
-        "In __init__, assign the parameter of the same name as the attribute.",
-        "which attribute the `self.x =` line assigns",
-        _names(ATTRS),
-        class_init,
-        max_cue_chars=8,
-    ),
-    Task(
-        "with_as",
-        "`with open(...)` is followed by `as`; `f = open(...)` ends the statement.",
-        "`with` vs `f =` before `open(`",
-        (")", ")\n"),
-        with_as,
-        max_cue_chars=10,
-    ),
-    Task(
-        "bracket_brace",
-        "The first key of a dict literal is followed by `:`, the first item of a list by `,`.",
-        "`{` vs `[`",
-        (":", ",", '":', '",', "':", "',"),
-        bracket_brace,
-        max_cue_chars=1,
-    ),
-    Task(
-        "with_open",
-        "Open a file for reading or writing according to its name.",
-        "input-like vs output-like file name (or load vs save method)",
-        ("r", "w"),
-        with_open,
-        max_cue_chars=14,
-    ),
-    Task(
-        "bracket_counting",
-        "Close a list nested two deep with `]]`, a flat list with `]`.",
-        "list of lists vs flat list",
-        ("]]\n", "]\n"),
-        bracket_counting,
-        max_cue_chars=60,
-    ),
-    Task(
-        "for_while",
-        "`for x` continues with `in`, `while x` with a colon.",
-        "`for` vs `while`",
-        (" in", ":\n"),
-        for_while,
-        max_cue_chars=5,
-    ),
-    Task(
-        "else_elif",
-        "`else` is followed by a colon, `elif` by a condition.",
-        "`else` vs `elif`",
-        (":\n", *_names(COND_VARS)),
-        else_elif,
-        max_cue_chars=2,
-    ),
-    Task(
-        "fstring_brace",
-        "Interpolate with `{` inside an f-string; close a plain string and pass the value separately.",
-        '`f"` vs `"`',
-        (" {", '",', "',"),
-        fstring_brace,
-        max_cue_chars=1,
-    ),
-    Task(
-        "if_ternary",
-        "`if` opening a statement is followed by a colon, inside a ternary by `else`.",
-        "`if c` statement vs `y = a if c`",
-        (":\n", " else"),
-        if_ternary,
-        max_cue_chars=24,
-    ),
-    Task(
-        "var_swap",
-        "In `a, b = b, a` the final name is the first one.",
-        "the order of the names on the left of the swap",
-        _names(tuple(n for pair in SWAP_NAMES for n in pair)),
-        var_swap,
-        max_cue_chars=28,
-    ),
-    Task(
-        "indent_for",
-        "After a `for` header the next line is indented one level deeper.",
-        "previous line is a `for` header vs a plain statement",
-        INDENTS,
-        indent_for,
-        max_cue_chars=40,
-    ),
-    Task(
-        "lambda_func",
-        "`lambda p` is followed by a colon, `def name` by its parameter list.",
-        "`name = lambda p` vs `def name`",
-        (":", "():\n"),
-        lambda_func,
-        max_cue_chars=36,
-    ),
-    Task(
-        "if_equals",
-        "A name after `if` is compared with `==`, at the start of a statement assigned with `=`.",
-        "`if v` vs `v`",
-        (" ==", " ="),
-        if_equals,
-        max_cue_chars=3,
-    ),
-    Task(
-        "enumerate_range",
-        "Two loop variables call for `enumerate`, one for `range`.",
-        "`for i, x in` vs `for i in`",
-        (" enumerate", " range"),
-        enumerate_range,
-        max_cue_chars=8,
-    ),
-    Task(
-        "var_if",
-        "`if x == True` is followed by a colon, `x = True` by a newline.",
-        "`if x == True` vs `x = True`",
-        (":\n", "\n"),
-        var_if,
-        max_cue_chars=14,
-    ),
-    Task(
-        "while_return_true",
-        "`while True` is followed by a colon, `return True` by a newline.",
-        "`while` vs `return`",
-        (":\n", "\n"),
-        while_return_true,
-        max_cue_chars=6,
-    ),
-)
+TASKS: tuple[Task, ...] = tuple(SUITE.tasks)  # the paper's order: the order declared above
