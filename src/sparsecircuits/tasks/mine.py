@@ -1,0 +1,623 @@
+"""Natural instances of the tasks in real Python files (`sparsecircuits tasks mine`), and their evaluation.
+
+A miner per task reads one file's syntax tree (`ast`) and token stream (`tokenize`) and proposes points where
+the code continues with one of the task's candidates, e.g. for for_while the end of the loop variable in
+`for x in ...` (correct ` in`) or of the name in `while x:` (correct `:\\n`). The prompt is the file's text up
+to that point, the correct completion is the real next text and the wrong one is the task's other candidate
+for that instance (the one a generated pair would give: ` in` <-> `:\\n`).
+
+Token boundaries. An instance is kept only when, under the project's pre-tokenizer (data/tokenizer.py), the
+real text has a pre-token boundary at the prompt's end and the next pre-token is exactly the correct string,
+and the prompt alone ends with the same pre-tokens (`pre_tokenize(prompt + c) == pre_tokenize(prompt) + [c]`
+for both candidates). BPE merges never cross pre-tokens, so any tokenizer built on that pre-tokenizer in which
+the candidates are single tokens ends the prompt on a token boundary: `print("done.")` is dropped (`.")\\n` is
+one pre-token), `print("done")` is kept.
+
+Sampling. Files are visited in a fixed pseudo-random order (a hash of their relative path, after sorting), so
+that a file cap samples many packages rather than the first in alphabetical order. Each file gives at most
+`per_file` instances per task and correct candidate side (the task's first candidate vs the others), chosen by
+a hash of their position; each side gets half of `max_per_task`, so the set is balanced like a generated split.
+Long prompts are cut to their last `max_prompt_chars` characters, at a line start; a record's `prompt_start`
+is the character offset where its prompt begins in the file (0: the prompt is the start of the file).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import site
+import sys
+import sysconfig
+import tokenize
+import warnings
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from tokenizers import Regex, Tokenizer, pre_tokenizers
+from tqdm import tqdm
+
+from sparsecircuits.data.corpus import MAX_FILE_BYTES, CorpusStats, check_sources, find_python_files
+from sparsecircuits.data.tokenizer import EOT, SPLIT_PATTERN
+from sparsecircuits.errors import UserError
+from sparsecircuits.io import atomic_write_text
+from sparsecircuits.tasks.evaluate import TaskBatch
+from sparsecircuits.tasks.registry import get_task
+from sparsecircuits.tasks.tokens import check_tokenizer
+
+RECORD_KEYS = ("task", "prompt", "correct", "wrong", "source")  # plus optional "prompt_start" (int)
+DEFAULT_MAX_PER_TASK = 200
+DEFAULT_MAX_FILES = 5000
+DEFAULT_PER_FILE = 1
+MAX_PROMPT_CHARS = 4096  # a 256-token model reads ~1000 characters of code; keep 4x that
+
+
+# data.tokenizer.pre_tokenize, with the regex compiled once (it is called thousands of times here)
+_SPLIT = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated")
+
+
+def pre_tokenize(text: str) -> list[str]:
+    """The project's pre-tokens of `text` (as data.tokenizer.pre_tokenize)."""
+    return [piece for piece, _ in _SPLIT.pre_tokenize_str(text)]
+
+
+class Hit(NamedTuple):
+    """A proposed instance: the prompt ends at character `offset` of the file."""
+
+    offset: int
+    correct: str
+    wrong: str
+
+
+class Source:
+    """One parsed file: its text and syntax tree, with ast/tokenize positions turned into char offsets.
+
+    The file is tokenised only locally, from a statement's first line on (`tokens_from`): tokenize is pure
+    Python in 3.11 and would dominate the time over a whole site-packages.
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarning for odd escapes in old code
+            tree = ast.parse(text)
+        self.lines = text.split("\n")
+        self.line_starts = [0, *accumulate(len(line) + 1 for line in self.lines[:-1])]
+        self.nodes: dict[type, list] = {}
+        stack: list[ast.AST] = [tree]
+        while stack:  # ast.walk, without its per-node generators
+            node = stack.pop()
+            self.nodes.setdefault(type(node), []).append(node)
+            for field in node._fields:
+                value = getattr(node, field, None)
+                if isinstance(value, ast.AST):
+                    stack.append(value)
+                elif isinstance(value, list):
+                    stack.extend(v for v in value if isinstance(v, ast.AST))
+        self._pieces: dict[int, str] | None = None
+
+    def piece_starts(self) -> dict[int, str]:
+        """Character offset -> the pre-token that starts there, for the whole file (computed once)."""
+        if self._pieces is None:
+            self._pieces, at = {}, 0
+            for piece in pre_tokenize(self.text):
+                self._pieces[at] = piece
+                at += len(piece)
+            self._piece_offsets = sorted(self._pieces)
+        return self._pieces
+
+    def piece_start_before(self, offset: int) -> int:
+        """The start of the pre-token that contains `offset` (or starts there)."""
+        self.piece_starts()
+        return self._piece_offsets[bisect_right(self._piece_offsets, offset) - 1]
+
+    def of(self, *kinds: type) -> list:
+        return [node for kind in kinds for node in self.nodes.get(kind, [])]
+
+    def _col(self, row: int, col_bytes: int) -> int:
+        """ast columns count UTF-8 bytes; tokenize columns and our offsets count characters."""
+        line = self.lines[row - 1]
+        return col_bytes if line.isascii() else len(line.encode("utf-8")[:col_bytes].decode("utf-8"))
+
+    def offset(self, row: int, col: int) -> int:
+        """Character offset of a tokenize (row, column) position."""
+        return self.line_starts[row - 1] + col
+
+    def start(self, node: ast.AST) -> int:
+        return self.offset(node.lineno, self._col(node.lineno, node.col_offset))
+
+    def end(self, node: ast.AST) -> int:
+        return self.offset(node.end_lineno, self._col(node.end_lineno, node.end_col_offset))
+
+    def line_of(self, offset: int) -> int:
+        """1-based line number of a character offset."""
+        return bisect_right(self.line_starts, offset)
+
+    def tokens_from(self, row: int) -> Iterator[tokenize.TokenInfo]:
+        """Tokens from the start of line `row` (which must not be inside a statement), in file positions.
+
+        Stops quietly where tokenizing a part of the file fails (an unmatched dedent, an unclosed bracket
+        at its end): callers read only the first few tokens.
+        """
+        lines = iter(self.lines[row - 1 :])
+        shift = row - 1
+
+        def readline() -> str:
+            line = next(lines, None)
+            return "" if line is None else line + "\n"
+
+        try:
+            for t in tokenize.generate_tokens(readline):
+                yield t._replace(start=(t.start[0] + shift, t.start[1]), end=(t.end[0] + shift, t.end[1]))
+        except (tokenize.TokenError, SyntaxError):
+            return
+
+    def keyword(self, node: ast.stmt) -> str | None:
+        """The token a statement starts with (`if` or `elif` for an ast.If)."""
+        at = (node.lineno, self._col(node.lineno, node.col_offset))
+        for t in self.tokens_from(node.lineno):
+            if t.start >= at:
+                return t.string if t.start == at else None
+        return None
+
+
+# ---- one miner per task: Source -> proposed hits (checked against the pre-tokenizer later) ----------------
+
+QUOTES = {'"': "'", "'": '"'}
+
+
+def _leading_name(test: ast.expr) -> str | None:
+    """The variable a condition starts with: `x` in `x`, `x > 0`, `x is None`."""
+    if isinstance(test, ast.Compare):
+        test = test.left
+    return test.id if isinstance(test, ast.Name) else None
+
+
+def _no_params(args: ast.arguments) -> bool:
+    return not (args.posonlyargs or args.args or args.vararg or args.kwonlyargs or args.kwarg)
+
+
+def _is_open_call(node: ast.expr) -> bool:
+    """`open(...)`, `io.open(...)`, `path.open(...)` with at least one argument."""
+    if not isinstance(node, ast.Call) or not (node.args or node.keywords):
+        return False
+    f = node.func
+    return (isinstance(f, ast.Name) and f.id == "open") or (isinstance(f, ast.Attribute) and f.attr == "open")
+
+
+def _calls(node: ast.expr, name: str) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
+
+
+def mine_single_double_quote(src: Source) -> Iterator[Hit]:
+    """`f("text")` / `f('text')`, one plain one-line string argument: the prompt ends before its closing
+    quote (the pre-token check keeps those where the call ends the line, `")\n`)."""
+    for node in src.of(ast.Call):
+        if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], ast.Constant):
+            continue
+        arg = node.args[0]
+        start, end = src.start(arg), src.end(arg)
+        q = src.text[start]
+        if q not in QUOTES or src.text[start - 1] != "(" or src.end(node) != end + 1:
+            continue
+        string = next((t for t in src.tokens_from(arg.lineno) if t.type == tokenize.STRING), None)
+        if string is not None and src.offset(*string.start) == start and src.offset(*string.end) == end:
+            if string.string[:3] != q * 3:  # one token (no implicit concatenation), not triple-quoted
+                yield Hit(end - 1, q + ")\n", QUOTES[q] + ")\n")
+
+
+def _atom(e: ast.expr) -> bool:
+    if isinstance(e, ast.UnaryOp):
+        e = e.operand
+    return isinstance(e, ast.Constant | ast.Name | ast.Attribute)
+
+
+def _flat_list(e: ast.expr) -> bool:
+    return isinstance(e, ast.List) and bool(e.elts) and all(_atom(x) for x in e.elts)
+
+
+def mine_bracket_counting(src: Source) -> Iterator[Hit]:
+    """`x = [...]` or `return [...]` ending in a list of flat lists (`]]\n`) or a flat list (`]\n`)."""
+    for stmt in src.of(ast.Assign, ast.AnnAssign, ast.Return, ast.Expr):
+        node = stmt.value
+        if not isinstance(node, ast.List) or not node.elts or src.end(node) != src.end(stmt):
+            continue
+        end = src.end(node)
+        if all(_flat_list(e) for e in node.elts) and src.end(node.elts[-1]) == end - 1:
+            yield Hit(end - 2, "]]\n", "]\n")
+        elif _flat_list(node):
+            yield Hit(end - 1, "]\n", "]]\n")
+
+
+def mine_for_while(src: Source) -> Iterator[Hit]:
+    """`for x` (` in`) and `while x` (`:\\n`), the loop variable / condition a plain name."""
+    for node in src.of(ast.For):
+        if isinstance(node.target, ast.Name):
+            yield Hit(src.end(node.target), " in", ":\n")
+    for node in src.of(ast.While):
+        if isinstance(node.test, ast.Name):
+            yield Hit(src.end(node.test), ":\n", " in")
+
+
+def mine_else_elif(src: Source) -> Iterator[Hit]:
+    """`else` (`:\n`, wrong: the if's variable) and `elif` (its variable, wrong `:\n`)."""
+    for node in src.of(ast.If):
+        if not node.orelse:
+            continue
+        first = node.orelse[0]
+        if len(node.orelse) == 1 and isinstance(first, ast.If) and src.keyword(first) == "elif":
+            name = _leading_name(first.test)
+            if name is not None:
+                yield Hit(src.start(first) + len("elif"), " " + name, ":\n")
+            continue
+        name = _leading_name(node.test)
+        if name is None:
+            continue
+        # the lines after the body hold comments, blank lines and `else`
+        for t in src.tokens_from(node.body[-1].end_lineno + 1):
+            if t.type == tokenize.NAME:
+                if t.string == "else":
+                    yield Hit(src.offset(*t.end), ":\n", " " + name)
+                break
+
+
+def mine_lambda_func(src: Source) -> Iterator[Hit]:
+    """`lambda p` with one parameter (`:`) and `def name` without parameters (`():\\n`)."""
+    for node in src.of(ast.Lambda):
+        a = node.args
+        if len(a.args) == 1 and not (a.posonlyargs or a.vararg or a.kwonlyargs or a.kwarg or a.defaults):
+            yield Hit(src.end(a.args[0]), ":", "():\n")
+    for node in src.of(ast.FunctionDef):
+        if _no_params(node.args):
+            name = next((t for t in src.tokens_from(node.lineno) if t.string == node.name), None)
+            if name is not None:
+                yield Hit(src.offset(*name.end), "():\n", ":")
+
+
+def mine_if_equals(src: Source) -> Iterator[Hit]:
+    """`if v == ...` (` ==`) and `v = ...` (` =`), v a plain name."""
+    for node in src.of(ast.If):
+        t = node.test
+        if isinstance(t, ast.Compare) and isinstance(t.left, ast.Name) and isinstance(t.ops[0], ast.Eq):
+            if src.keyword(node) == "if":
+                yield Hit(src.end(t.left), " ==", " =")
+    for node in src.of(ast.Assign):
+        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            yield Hit(src.end(node.targets[0]), " =", " ==")
+
+
+def mine_enumerate_range(src: Source) -> Iterator[Hit]:
+    """`for i, x in` (` enumerate`) and `for i in` (` range`)."""
+    for node in src.of(ast.For):
+        if (
+            _calls(node.iter, "enumerate")
+            and isinstance(node.target, ast.Tuple)
+            and len(node.target.elts) == 2
+        ):
+            yield Hit(src.start(node.iter) - 1, " enumerate", " range")
+        elif _calls(node.iter, "range") and isinstance(node.target, ast.Name):
+            yield Hit(src.start(node.iter) - 1, " range", " enumerate")
+
+
+def mine_with_as(src: Source) -> Iterator[Hit]:
+    """`with open(p) as f` (`)`, then ` as`) and `f = open(p)` ending its line (`)\\n`)."""
+    for node in src.of(ast.With):
+        for item in node.items:
+            if item.optional_vars is not None and _is_open_call(item.context_expr):
+                yield Hit(src.end(item.context_expr) - 1, ")", ")\n")
+    for node in src.of(ast.Assign):
+        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) and _is_open_call(node.value):
+            yield Hit(src.end(node.value) - 1, ")\n", ")")
+
+
+def mine_if_ternary(src: Source) -> Iterator[Hit]:
+    """`if c` opening a statement (`:\\n`) and `a if c` inside an expression (` else`)."""
+    for node in src.of(ast.If):
+        if src.keyword(node) == "if":
+            yield Hit(src.end(node.test), ":\n", " else")
+    for node in src.of(ast.IfExp):
+        yield Hit(src.end(node.test), " else", ":\n")
+
+
+def mine_while_return_true(src: Source) -> Iterator[Hit]:
+    """`while True` (`:\\n`) and `return True` ending its line (`\\n`)."""
+    for node in src.of(ast.While):
+        if isinstance(node.test, ast.Constant) and node.test.value is True:
+            yield Hit(src.end(node.test), ":\n", "\n")
+    for node in src.of(ast.Return):
+        if isinstance(node.value, ast.Constant) and node.value.value is True:
+            yield Hit(src.end(node.value), "\n", ":\n")
+
+
+MINERS: dict[str, Callable[[Source], Iterator[Hit]]] = {
+    "single_double_quote": mine_single_double_quote,
+    "with_as": mine_with_as,
+    "bracket_counting": mine_bracket_counting,
+    "for_while": mine_for_while,
+    "else_elif": mine_else_elif,
+    "if_ternary": mine_if_ternary,
+    "lambda_func": mine_lambda_func,
+    "if_equals": mine_if_equals,
+    "enumerate_range": mine_enumerate_range,
+    "while_return_true": mine_while_return_true,
+}
+
+
+def minable_tasks() -> list[str]:
+    """Tasks with a miner, in the paper's order."""
+    return list(MINERS)
+
+
+# ---- files ----------------------------------------------------------------------------------------------
+
+
+def _hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+
+
+def _files(sources: list[Path], max_files: int | None) -> list[tuple[Path, str]]:
+    """(path, path relative to its source) of every .py file: sorted, then in a fixed hash order, capped."""
+    check_sources(sources)
+    found = []
+    for src in sources:
+        for path in find_python_files(src):
+            found.append((path, path.name if src.is_file() else path.relative_to(src).as_posix()))
+    found.sort(key=lambda pr: (_hash(pr[1]), pr[1], str(pr[0])))
+    return found if max_files is None else found[:max_files]
+
+
+def _load(path: Path, rel: str, stats: CorpusStats, seen: set[bytes]) -> Source | None:
+    """The parsed file, or None (reason recorded in `stats`) if unreadable, undecodable or unparseable."""
+    stats.files_seen += 1
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            stats.skip("oversized", rel)
+            return None
+        data = path.read_bytes()
+    except OSError:
+        stats.skip("unreadable", rel)
+        return None
+    digest = hashlib.sha256(data).digest()
+    if digest in seen:
+        stats.skip("duplicate", rel)
+        return None
+    seen.add(digest)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.skip("undecodable", rel)
+        return None
+    if "\r" in text:  # the candidates end lines with a bare "\n"
+        stats.skip("carriage_returns", rel)
+        return None
+    try:
+        source = Source(text)
+    except (SyntaxError, ValueError, RecursionError, tokenize.TokenError):
+        stats.skip("unparseable", rel)
+        return None
+    stats.files_kept += 1
+    stats.bytes_kept += len(data)
+    return source
+
+
+# ---- instances ------------------------------------------------------------------------------------------
+
+
+def _prompt_start(src: Source, offset: int, max_chars: int) -> int:
+    """Where the prompt begins: 0, or the first line start within `max_chars` of `offset`."""
+    if offset <= max_chars:
+        return 0
+    k = bisect_left(src.line_starts, offset - max_chars)
+    return min(src.line_starts[k], src.line_starts[src.line_of(offset) - 1])
+
+
+def _ends_on_boundary(src: Source, start: int, hit: Hit) -> bool:
+    """Whether the prompt text[start:hit.offset], read alone, ends on a pre-token boundary after which each
+    candidate is one whole pre-token. Pre-tokens never depend on text before their own start, so only the
+    prompt's last line is re-read, from the pre-token boundary of the whole file at or before its start."""
+    line_start = src.line_starts[src.line_of(hit.offset) - 1]
+    tail = src.text[max(start, src.piece_start_before(line_start)) : hit.offset]
+    base = pre_tokenize(tail)
+    return all(pre_tokenize(tail + c) == [*base, c] for c in (hit.correct, hit.wrong))
+
+
+def _file_records(
+    src: Source, rel: str, task: str, quota: dict[int, int], per_file: int, max_prompt_chars: int
+) -> list[dict]:
+    """At most `per_file` records per side of `task` from one file (fewer when its quota is nearly full)."""
+    cands = get_task(task).candidates
+    pieces = src.piece_starts()
+    by_side: dict[int, list[Hit]] = {}
+    for hit in MINERS[task](src):
+        if hit.correct in cands and hit.wrong in cands and pieces.get(hit.offset) == hit.correct:
+            by_side.setdefault(int(hit.correct != cands[0]), []).append(hit)
+    out = []
+    for side, hits in sorted(by_side.items()):
+        hits.sort(key=lambda h: _hash(f"{rel}/{task}/{h.offset}"))
+        taken = 0
+        for hit in hits:
+            if taken >= min(per_file, quota[side]):
+                break
+            start = _prompt_start(src, hit.offset, max_prompt_chars)
+            prompt = src.text[start : hit.offset]
+            if prompt and _ends_on_boundary(src, start, hit):
+                line = src.line_of(hit.offset)
+                out.append(_record(task, prompt, hit, f"{rel}:{line}", start))
+                taken += 1
+        quota[side] -= taken
+    return out
+
+
+def _record(task: str, prompt: str, hit: Hit, source: str, start: int) -> dict:
+    return {"task": task, "prompt": prompt, "correct": hit.correct, "wrong": hit.wrong, "source": source,
+            "prompt_start": start}  # fmt: skip
+
+
+def _task_list(tasks: Iterable[str] | None) -> list[str]:
+    if not tasks:
+        return minable_tasks()
+    names = [get_task(t).name for t in tasks]
+    missing = [n for n in names if n not in MINERS]
+    if missing:
+        raise UserError(f"no miner for task {missing[0]}; minable tasks: {', '.join(MINERS)}")
+    return list(dict.fromkeys(names))
+
+
+def mine(
+    sources: list[Path],
+    tasks: list[str] | None = None,
+    max_per_task: int = DEFAULT_MAX_PER_TASK,
+    max_files: int | None = DEFAULT_MAX_FILES,
+    progress: bool = True,
+    *,
+    per_file: int = DEFAULT_PER_FILE,
+    max_prompt_chars: int = MAX_PROMPT_CHARS,
+    stats: CorpusStats | None = None,
+) -> list[dict]:
+    """Natural instances of `tasks` (default: every minable task) in the .py files under `sources`.
+
+    Returns records {"task", "prompt", "correct", "wrong", "source": "rel/path.py:LINE", "prompt_start"},
+    grouped by task (in the order asked, default the paper's), each group sorted by source file and position.
+    Skipped files are counted by reason in `stats` when given. Stops early once every quota is full.
+    """
+    if max_per_task < 1 or per_file < 1 or (max_files is not None and max_files < 1):
+        raise UserError("--max-per-task, --max-files and the per-file cap must be at least 1")
+    names = _task_list(tasks)
+    stats = stats if stats is not None else CorpusStats()
+    quotas = {name: {0: (max_per_task + 1) // 2, 1: max_per_task // 2} for name in names}
+    found: dict[str, list[tuple[str, int, dict]]] = {name: [] for name in names}
+    seen: set[bytes] = set()
+    files = _files(list(sources), max_files)
+    for path, rel in tqdm(files, desc="mining", unit="file", file=sys.stderr, disable=not progress):
+        open_tasks = [n for n in names if any(quotas[n].values())]
+        if not open_tasks:
+            break
+        src = _load(path, rel, stats, seen)
+        if src is None:
+            continue
+        for name in open_tasks:
+            for rec in _file_records(src, rel, name, quotas[name], per_file, max_prompt_chars):
+                found[name].append((rel, rec["prompt_start"] + len(rec["prompt"]), rec))
+    return [rec for name in names for _, _, rec in sorted(found[name], key=lambda f: f[:2])]
+
+
+def write_mined(path: str | Path, records: list[dict]) -> None:
+    """Write records as JSON lines, atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+# ---- reading and encoding --------------------------------------------------------------------------------
+
+
+def _check_record(rec: object, where: str) -> dict:
+    if not isinstance(rec, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    for key in RECORD_KEYS:
+        if not isinstance(rec.get(key), str):
+            raise UserError(f"{where}: missing or non-string {key!r}")
+    start = rec.get("prompt_start", 0)
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        raise UserError(f"{where}: prompt_start must be a non-negative integer")
+    task = get_task(rec["task"])
+    if rec["correct"] == rec["wrong"] or not {rec["correct"], rec["wrong"]} <= set(task.candidates):
+        raise UserError(
+            f"{where}: correct {rec['correct']!r} and wrong {rec['wrong']!r} must be two different "
+            f"candidates of task {task.name}"
+        )
+    if not rec["prompt"]:
+        raise UserError(f"{where}: empty prompt")
+    return rec
+
+
+def read_mined(path: str | Path) -> dict[str, list[dict]]:
+    """Task name -> its records, from a `tasks mine` JSONL file (tasks in the order they first appear).
+
+    Raises a one-line UserError on a missing or malformed file, an unknown task, or a record whose correct
+    and wrong completions are not two different candidates of its task.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file not found: {path}")
+    out: dict[str, list[dict]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"prompts file is not UTF-8 text: {path}") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        try:
+            rec = _check_record(rec, f"{path}:{i}")
+        except UserError as e:
+            raise UserError(str(e) if str(e).startswith(f"{path}:") else f"{path}:{i}: {e}") from None
+        out.setdefault(rec["task"], []).append(rec)
+    if not out:
+        raise UserError(f"prompts file has no records: {path}")
+    return out
+
+
+def encode_mined(task: str, records: list[dict], tokenizer: Tokenizer, n_ctx: int) -> TaskBatch:
+    """Tokenise mined records of `task` into a TaskBatch in which every prompt is its own pair.
+
+    A prompt that starts its file and fits (with the end-of-text token, when the tokenizer has one) in
+    `n_ctx` tokens is prefixed with that token, as in encode_task; a longer one keeps its last `n_ctx`
+    tokens. Returns tokens [N, T_max] right-padded with 0, last [N], correct [N], wrong [N], pair = arange(N).
+    Raises UserError (naming the task) when a candidate is not a single token, or the prompt + correct does
+    not tokenise as the prompt's tokens plus one.
+    """
+    task_obj = get_task(task)
+    if not records:
+        raise UserError(f"task {task_obj.name}: no mined prompts")
+    check_tokenizer(tokenizer, [task_obj])
+    prompts = [r["prompt"] for r in records]
+    ids = [e.ids for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
+    ext = tokenizer.encode_batch([r["prompt"] + r["correct"] for r in records], add_special_tokens=False)
+    for rec, base, e in zip(records, ids, ext):
+        if len(e.ids) != len(base) + 1 or e.ids[:-1] != base:
+            raise UserError(
+                f"task {task_obj.name}: {rec['source']}: the tokenizer does not end the prompt + "
+                f"{rec['correct']!r} with exactly one new token (a different pre-tokenizer?)"
+            )
+    eot = tokenizer.token_to_id(EOT)
+    rows = []
+    for rec, row in zip(records, ids):
+        if eot is not None and rec.get("prompt_start", 0) == 0 and len(row) < n_ctx:
+            row = [eot, *row]
+        rows.append(row[-n_ctx:])
+    tokens = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+    single = {s: tokenizer.encode(s, add_special_tokens=False).ids[0] for s in task_obj.candidates}
+    return TaskBatch(
+        tokens=tokens,
+        last=torch.tensor([len(r) - 1 for r in rows], dtype=torch.long),
+        correct=torch.tensor([single[r["correct"]] for r in records], dtype=torch.long),
+        wrong=torch.tensor([single[r["wrong"]] for r in records], dtype=torch.long),
+        pair=torch.arange(len(rows), dtype=torch.long),
+    )
+
+
+def default_natural_sources() -> list[Path]:
+    """The running interpreter's third-party package folders (site-packages / dist-packages), never the
+    standard library: code outside the training corpus (which `data build` takes from the stdlib)."""
+    paths = sysconfig.get_paths()
+    stdlib = {Path(paths[k]).resolve() for k in ("stdlib", "platstdlib") if paths.get(k)}
+    candidates = [*site.getsitepackages(), paths.get("purelib"), paths.get("platlib")]
+    if site.ENABLE_USER_SITE:
+        candidates.append(site.getusersitepackages())
+    out: list[Path] = []
+    for c in candidates:
+        p = Path(c).resolve() if c else None
+        if p is None or not p.is_dir() or p in stdlib or p in out:
+            continue
+        out.append(p)
+    # a folder inside another one would be mined twice
+    return [p for p in out if not any(q != p and q in p.parents for q in out)]
