@@ -11,7 +11,7 @@ import torch
 from sparsecircuits.circuits.masks import HeavisideSTE, NodeMask
 from sparsecircuits.circuits.means import mean_activations, model_content_hash
 from sparsecircuits.circuits.prune import PruneConfig, bisect_nodes, prune
-from sparsecircuits.circuits.scoring import PromptSet, calibrate, gated_diff, score
+from sparsecircuits.circuits.scoring import PromptSet, gated_diff, score
 from sparsecircuits.data.shards import write_tokens
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import GPT, ModelConfig
@@ -80,16 +80,6 @@ def test_heaviside_surrogate_gradient():
     assert torch.allclose(tau.grad, s * (1 - s) / 0.5)
 
 
-def test_calibration_cannot_use_the_label():
-    sign = torch.tensor([1.0, -1.0] * 50)
-    loss, a, b = calibrate(torch.zeros(100), sign)
-    assert loss == pytest.approx(math.log(2), abs=1e-6)
-    # a constant preference for A is wrong on half the prompts; calibration cannot fix it beyond chance
-    diff = 3.0 * sign  # correct-minus-wrong for a model that always says A: +3 on pos, -3 on neg
-    s = score(diff, sign)
-    assert s.loss >= math.log(2) - 1e-6
-
-
 def test_bisection_finds_smallest_k():
     class FakeMask:
         n_nodes = 100
@@ -102,7 +92,7 @@ def test_bisection_finds_smallest_k():
 
     def evaluate(g):
         k = int(g.sum())
-        return score(torch.full((4,), 0.1 * k), torch.ones(4), calibrated=False)
+        return score(torch.full((4,), 0.1 * k), torch.ones(4), convention="mean", fit=False)
 
     k, best, trace = bisect_nodes(evaluate, FakeMask(), target=0.05)
     losses = {r["k"]: r["loss"] for r in trace}

@@ -261,9 +261,9 @@ def test_candidate_logits_keep_gradients(task_tokenizer):
 
 
 def test_metrics_on_hand_made_logits():
-    tie = task_metrics(torch.zeros(4, 2))
+    tie = task_metrics(torch.zeros(4, 2), "mean")
     assert tie["loss"] == pytest.approx(math.log(2)) and tie["acc"] == 0.5 and tie["logit_diff"] == 0
-    m = task_metrics(torch.tensor([[3.0, 1.0], [0.0, 1.0], [5.0, 5.0], [10.0, -10.0]]))
+    m = task_metrics(torch.tensor([[3.0, 1.0], [0.0, 1.0], [5.0, 5.0], [10.0, -10.0]]), "mean")
     diffs = [2.0, -1.0, 0.0, 20.0]
     assert m["loss"] == pytest.approx(sum(math.log1p(math.exp(-d)) for d in diffs) / 4)
     assert m["acc"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)

@@ -124,6 +124,11 @@ def make_fixture(root: Path) -> dict[str, Path]:
             "evil": loose / "evil.circuit.json"}  # fmt: skip
 
 
+def score(raw: float, acc: float, cal: float) -> dict:
+    return {"loss_raw": raw, "accuracy_raw": acc, "loss_calibrated": cal, "accuracy_calibrated": acc,
+            "calibration": {"scale": 1.0, "bias": 0.0, "fitted_on": "val"}}  # fmt: skip
+
+
 def circuit_dict(model: GPT, run_dir: Path, task: str) -> dict:
     graph = circuit_edges(model.state_dict(), model.cfg, names_to_nodes(CIRCUIT_NODES, model.cfg))
     return {
@@ -131,24 +136,27 @@ def circuit_dict(model: GPT, run_dir: Path, task: str) -> dict:
         "task": {"name": task, "split": "train", "n_pairs": 8, "eval_split": "val", "eval_pairs": 8},
         "ablation": "mean",
         "target_loss": 0.15,
-        "achieved": {"loss": 0.149, "loss_uncalibrated": 0.2, "full_model_loss": 0.05, "accuracy": 0.97},
+        "loss_convention": "pair-sum",
+        "achieved": {"loss": 0.149, **score(0.2, 0.97, 0.149), "full_model": score(0.05, 1.0, 0.05)},
         "nodes": CIRCUIT_NODES,
         "node_info": {
             n: {"tau": 0.5 + i / 100, "ablation_effect": 0.2 + i / 50} for i, n in enumerate(CIRCUIT_NODES)
         },
         **graph.to_json(),
-        "bisection": [{"k": k, "loss": 1.0 / k, "loss_uncalibrated": 1.2 / k} for k in (1, 2, 4, 8, 16)],
+        "bisection": [{"k": k, "loss": 1.0 / k, "loss_raw": 1.2 / k} for k in (1, 2, 4, 8, 16)],
         "pruning": {
             "steps": 10,
             "history": [{"step": s, "task_loss": 1 - s / 20, "active": 40 - s} for s in range(10)],
         },
         "validation": {
-            "sufficiency": {"loss": 0.149},
-            "necessity": {"loss": 1.9},
-            "random": {"loss": 0.7, "std": 0.02, "n": 5},
-            "resample": {"loss": 0.16},
-            "full_model": {"loss": 0.05},
-            "chance": 0.693,
+            "sufficiency": score(0.2, 0.97, 0.149),
+            "necessity": score(1.9, 0.2, 1.3),
+            "random": {"n": 5, **score(0.7, 0.5, 0.69), "loss_raw_std": 0.02},
+            "resample": score(0.16, 0.9, 0.15),
+            "full_model": score(0.05, 1.0, 0.05),
+            "chance": 1.386,
+            "loss_convention": "pair-sum",
+            "verdict": "sufficient",
         },
     }
 
@@ -331,7 +339,7 @@ def test_circuit_graph_json(server):
     assert [idx["0.mlp.resid_delta.5"], idx["1.attn.act_in.5"]] in graph["residual_links"]
     assert [idx["0.attn.q.0"], idx["0.attn.k.0"]] in graph["qk_pairs"]
     meta = data["meta"]
-    assert meta["validation"]["necessity"]["loss"] == 1.9 and len(meta["bisection"]) == 5
+    assert meta["validation"]["necessity"]["loss_raw"] == 1.9 and len(meta["bisection"]) == 5
     assert "error" in data["task_info"] or data["task_info"]["examples"]
 
 

@@ -13,10 +13,6 @@ from sparsecircuits.circuits.edges import circuit_edges
 from sparsecircuits.circuits.nodes import nodes_to_names
 from sparsecircuits.circuits.prune import Evaluator, PruneResult
 
-LOSS_CONVENTION = (
-    "binary cross-entropy of the correct vs the wrong token at the last position, mean over prompts "
-    "(the paper authors' release sums the two prompts of a pair: twice this)"
-)
 MAX_EFFECT_NODES = 128  # per-node ablation effects cost one forward each (larger circuits: tau only)
 
 
@@ -59,12 +55,14 @@ def make_circuit(
         "model": model_info,
         "task": task,
         "ablation": result.config["ablation"],
-        "loss_convention": LOSS_CONVENTION,
+        "loss_convention": result.config["loss_convention"],
         "target_loss": result.config["target_loss"],
+        # on the bisection's validation prompts; "loss" is what met the target (calibrated unless disabled)
         "achieved": {
+            "split": "val",
+            "loss": result.score.loss,
             **result.score.to_json(),
-            "full_model_loss": result.full_score.loss,
-            "full_model_loss_uncalibrated": result.full_score.loss_uncalibrated,
+            "full_model": result.full_score.to_json(),
         },
         "nodes": nodes_to_names(nodes),
         "node_info": node_effects(evaluate, result),
@@ -80,6 +78,29 @@ def make_circuit(
     if validation is not None:
         circuit["validation"] = validation
     return circuit
+
+
+def circuit_summary(c: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a summary line shows: sizes, the validation loss that met the target, and the test-split
+    scores (raw and calibrated sufficiency, raw accuracy, raw necessity, natural code, verdict)."""
+    v = c.get("validation") or {}
+    suff = v.get("sufficiency") or {}
+    natural = v.get("natural") or {}
+    return {
+        "task": c["task"]["name"],
+        "reached": True,
+        "nodes": c["counts"]["nodes"],
+        "edges": c["counts"]["edges"],
+        "loss": c["achieved"]["loss"],
+        "loss_convention": c.get("loss_convention"),
+        "sufficiency_raw": suff.get("loss_raw"),
+        "sufficiency_calibrated": suff.get("loss_calibrated"),
+        "accuracy_raw": suff.get("accuracy_raw"),
+        "necessity_raw": (v.get("necessity") or {}).get("loss_raw"),
+        "natural_full_model": (natural.get("full_model") or {}).get("loss_raw"),
+        "natural_circuit": (natural.get("circuit") or {}).get("loss_calibrated"),
+        "verdict": v.get("verdict"),
+    }
 
 
 def geometric_mean(values: list[float]) -> float:

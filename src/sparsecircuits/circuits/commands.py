@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 import torch
 
-from sparsecircuits.circuits.circuit import geometric_mean
+from sparsecircuits.circuits.ablations import ABLATIONS
+from sparsecircuits.circuits.circuit import circuit_summary, geometric_mean
 from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
 from sparsecircuits.cli_options import (
     NON_NEGATIVE,
@@ -30,22 +30,65 @@ DATA_OPTION = data_option(
     required=False,
     help="Pretraining dataset for mean activations (default: the one the model was trained on).",
 )
+CONVENTION_OPTION = click.option(
+    "--loss-convention",
+    type=click.Choice(["pair-sum", "mean"]),
+    default="pair-sum",
+    show_default=True,
+    help="pair-sum: a pair's two prompts' binary CE summed, as the paper authors (chance 1.386); "
+    "mean: per prompt (chance 0.693).",
+)
+PROMPTS_OPTION = click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also score on natural prompts mined from real code (`sparsecircuits tasks mine`).",
+)
 
 
-def _summary_line(c: dict) -> str:
-    v = c.get("validation", {})
-    extra = ""
-    if v:
-        extra = (
-            f"  test: sufficiency {v['sufficiency']['loss']:.3f}, necessity {v['necessity']['loss']:.3f}, "
-            f"random {v['random']['loss']:.3f}, resample {v['resample']['loss']:.3f}"
-        )
+def _fmt(x) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) else "-"
+
+
+def score_lines(c: dict) -> list[str]:
+    """The terminal summary of a circuit: size, then raw and calibrated test scores and the verdict."""
     a = c["achieved"]
-    return (
-        f"{c['task']['name']}: {c['counts']['nodes']} nodes, {c['counts']['edges']} edges, "
-        f"loss {a['loss']:.4f} (uncalibrated {a['loss_uncalibrated']:.4f}, full model "
-        f"{a['full_model_loss']:.4f}){extra}"
-    )
+    lines = [
+        f"{c['task']['name']}: {c['counts']['nodes']} nodes, {c['counts']['edges']} edges "
+        f"(target {c['target_loss']:g}, {c.get('loss_convention', 'mean')} convention; val loss "
+        f"{_fmt(a['loss_calibrated'])} calibrated, {_fmt(a['loss_raw'])} raw; full model {_fmt(a['full_model']['loss_raw'])})"
+    ]
+    v = c.get("validation") or {}
+    if "sufficiency" in v:
+        lines.append(
+            f"  {'test split':14s} {'loss raw':>9s} {'acc raw':>8s} {'loss cal':>9s} {'acc cal':>8s}"
+        )
+        for key in ("sufficiency", "necessity", "random", "resample", "full_model"):
+            if key in v:
+                s = v[key]
+                lines.append(
+                    f"  {key:14s} {_fmt(s.get('loss_raw')):>9s} {_fmt(s.get('accuracy_raw')):>8s} "
+                    f"{_fmt(s.get('loss_calibrated')):>9s} {_fmt(s.get('accuracy_calibrated')):>8s}"
+                )
+        lines.append(
+            f"  verdict: {v.get('verdict', '-')} (chance {_fmt(v.get('chance'))}; necessity headline is raw)"
+        )
+        nat = v.get("natural")
+        if nat:
+            lines.append(
+                f"  natural code ({nat['n_prompts']} prompts): full model {_fmt(nat['full_model']['loss_raw'])}, "
+                f"circuit {_fmt(nat['circuit']['loss_raw'])} raw / {_fmt(nat['circuit']['loss_calibrated'])} calibrated"
+            )
+    return lines
+
+
+def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
+    """The mined records of `task` in `prompts_file` (None without a file; a task absent from it: [])."""
+    if prompts_file is None:
+        return None
+    from sparsecircuits.tasks.mine import read_mined
+
+    return read_mined(prompts_file).get(task, [])
 
 
 @click.command()
@@ -65,8 +108,14 @@ def _summary_line(c: dict) -> str:
     "--target-loss", default=0.15, show_default=True, type=POSITIVE, help="Task loss the circuit must reach."
 )
 @click.option(
-    "--ablation", type=click.Choice(["mean", "zero", "resample"]), default="mean", show_default=True
+    "--ablation",
+    type=click.Choice(list(ABLATIONS)),
+    default="mean",
+    show_default=True,
+    help="; ".join(f"{a.name}: {a.description}" for a in ABLATIONS.values()),
 )
+@CONVENTION_OPTION
+@PROMPTS_OPTION
 @click.option(
     "--steps", default=200, show_default=True, type=count(1, MAX_STEPS), help="Mask training steps per trial."
 )
@@ -121,6 +170,8 @@ def prune(
     out,
     target_loss,
     ablation,
+    loss_convention,
+    prompts_file,
     steps,
     budget,
     k_coef,
@@ -157,6 +208,7 @@ def prune(
     cfg = PruneConfig(
         target_loss=target_loss,
         ablation=ablation,
+        loss_convention=loss_convention,
         steps=steps,
         k_coef=k_coef,
         lr=lr,
@@ -164,6 +216,7 @@ def prune(
         calibrate=not no_calibrate,
         seed=seed,
     ).validate()
+    natural = {t: load_natural(prompts_file, t) for t in tasks}  # a malformed file fails before any work
     session = PruneSession(
         model_dir, pick_device(device), mean_windows, progress=not quiet, data_dir=data_dir
     )
@@ -171,7 +224,9 @@ def prune(
     for t in tasks:
         click.echo(f"pruning {t} ...", err=True)
         try:
-            circuit = prune_one(session, t, cfg, budget, train_pairs, eval_pairs, not no_validate)
+            circuit = prune_one(
+                session, t, cfg, budget, train_pairs, eval_pairs, not no_validate, natural=natural[t]
+            )
         except UserError as e:
             if not many:
                 raise
@@ -179,19 +234,10 @@ def prune(
             rows.append({"task": t, "reached": False, "reason": str(e)})
             continue
         write_circuit(paths[t], circuit)
-        click.echo(_summary_line(circuit))
-        rows.append(
-            {
-                "task": t,
-                "reached": True,
-                "nodes": circuit["counts"]["nodes"],
-                "edges": circuit["counts"]["edges"],
-                "loss": circuit["achieved"]["loss"],
-                "file": paths[t].name,
-            }
-        )
+        click.echo("\n".join(score_lines(circuit)))
+        rows.append({**circuit_summary(circuit), "file": paths[t].name})
     if many:
-        _write_summary(out, rows, target_loss)
+        _write_summary(out, rows, target_loss, loss_convention)
 
 
 def _check_prune_out(out: Path, paths: dict[str, Path], many: bool, force: bool) -> None:
@@ -206,7 +252,7 @@ def _check_prune_out(out: Path, paths: dict[str, Path], many: bool, force: bool)
     check_output_files(out, [p.name for p in paths.values()] + [SUMMARY_FILE], force, "prune")
 
 
-def _write_summary(out: Path, rows: list[dict], target: float) -> None:
+def _write_summary(out: Path, rows: list[dict], target: float, convention: str) -> None:
     from sparsecircuits.io import atomic_write_json, mark_output_dir
 
     mark_output_dir(out, "prune")  # --force may later replace these circuit files and summary.json
@@ -217,20 +263,27 @@ def _write_summary(out: Path, rows: list[dict], target: float) -> None:
         out / SUMMARY_FILE,
         {
             "target_loss": target,
+            "loss_convention": convention,
             "tasks": rows,
             "geometric_mean_edges": gm,
             "tasks_reached": len(reached),
             "tasks_total": len(rows),
         },
     )
-    click.echo(f"\n{'task':28s} {'nodes':>7s} {'edges':>7s} {'loss':>8s}")
+    head = f"{'task':24s} {'nodes':>6s} {'edges':>6s} {'val loss':>8s} {'suff raw':>8s} {'acc raw':>7s} {'nec raw':>7s}"
+    click.echo("\n" + head + "  verdict (test split)")
     for r in rows:
         if r["reached"]:
-            click.echo(f"{r['task']:28s} {r['nodes']:7d} {r['edges']:7d} {r['loss']:8.4f}")
+            click.echo(
+                f"{r['task']:24s} {r['nodes']:6d} {r['edges']:6d} {r['loss']:8.4f} "
+                f"{_fmt(r['sufficiency_raw']):>8s} {_fmt(r['accuracy_raw']):>7s} "
+                f"{_fmt(r['necessity_raw']):>7s}  {r['verdict'] or '-'}"
+            )
         else:
-            click.echo(f"{r['task']:28s} {'-':>7s} {'-':>7s}  not reached: {r['reason']}")
+            click.echo(f"{r['task']:24s} {'-':>6s} {'-':>6s}  not reached: {r['reason']}")
     click.echo(
-        f"geometric mean of edges over {len(reached)}/{len(rows)} tasks that reached the target: {gm:.1f}"
+        f"geometric mean of edges over {len(reached)}/{len(rows)} tasks that reached the target "
+        f"{target:g} ({convention}): {gm:.1f}"
     )
 
 
@@ -248,14 +301,16 @@ def _write_summary(out: Path, rows: list[dict], target: float) -> None:
 )
 @click.option("--mean-windows", default=64, show_default=True, type=count(1, MAX_WINDOWS))
 @device_option()
+@PROMPTS_OPTION
 @click.option("--no-write", is_flag=True, help="Print only; do not store the results in the circuit file.")
 def validate_cmd(
-    circuit_path, model_dir, data_dir, n_pairs, n_random, mean_windows, device, no_write
+    circuit_path, model_dir, data_dir, n_pairs, n_random, mean_windows, device, prompts_file, no_write
 ) -> None:
     """Check a circuit: sufficiency, necessity, a random baseline and a resample test (stored in the file)."""
     from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
     from sparsecircuits.circuits.nodes import names_to_nodes
-    from sparsecircuits.circuits.validate import validate
+    from sparsecircuits.circuits.scoring import Calibration
+    from sparsecircuits.circuits.validate import score_natural, validate
 
     circuit = read_circuit(circuit_path)
     if not no_write:
@@ -268,16 +323,38 @@ def validate_cmd(
         raise UserError(f"{circuit_path} was pruned from another model (content hash differs)")
     nodes = names_to_nodes(circuit["nodes"], session.model.cfg)
     gates = torch.cat([nodes[loc].float() for loc in session.model.node_locations()])
-    prompts = session.prompts(circuit["task"]["name"], n_pairs, "test", 0)
-    calibrated = "calibration" in circuit["achieved"]
-    result = validate(session.model, session.means, gates, prompts, calibrated, n_random)
-    result["split"] = "test"
-    click.echo(
-        json.dumps(
-            {k: (v["loss"] if isinstance(v, dict) and "loss" in v else v) for k, v in result.items()},
-            indent=2,
-        )
+    task = circuit["task"]["name"]
+    natural = load_natural(prompts_file, task)
+    hyper = (circuit.get("pruning") or {}).get("hyperparameters") or {}
+    seed = int(hyper.get("seed", 0))
+    convention = circuit.get("loss_convention", "mean")
+    calibration = Calibration.from_json(circuit["achieved"].get("calibration"))
+    result = validate(
+        session.model,
+        session.means,
+        gates,
+        session.prompts(task, n_pairs, "test", seed),
+        session.prompts(task, int(circuit["task"].get("eval_pairs", 64)), "val", seed),
+        float(circuit["target_loss"]),
+        calibration,
+        bool(hyper.get("calibrate", True)),
+        convention,
+        circuit.get("ablation", "mean"),
+        session.pretraining,
+        n_random,
+        seed,
     )
+    if natural:
+        result["natural"] = score_natural(
+            session.model,
+            session.means,
+            gates,
+            session.natural_prompts(task, natural),
+            calibration,
+            convention,
+            circuit.get("ablation", "mean"),
+        )
+    circuit["validation"] = result
+    click.echo("\n".join(score_lines(circuit)))
     if not no_write:
-        circuit["validation"] = result
         write_circuit(circuit_path, circuit)

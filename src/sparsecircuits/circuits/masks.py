@@ -12,9 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from sparsecircuits.circuits.ablations import get_ablation
 from sparsecircuits.errors import UserError
-
-ABLATIONS = ("mean", "zero", "resample")
 
 
 class HeavisideSTE(torch.autograd.Function):
@@ -37,7 +36,7 @@ class NodeMask(nn.Module):
     """One gate per node over the given locations, stored flat so ranking and counting are one tensor op.
 
     widths: location hook name -> width, in forward order. means: location -> [width] ablation values
-    (ignored for "zero"; for "resample" the ablated value comes from another prompt, see `hooks`).
+    (used by "mean" only; the resample ablations take their values from donors, see `hooks`).
     """
 
     def __init__(
@@ -51,8 +50,7 @@ class NodeMask(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        if ablation not in ABLATIONS:
-            raise UserError(f"unknown ablation {ablation!r}; expected one of {', '.join(ABLATIONS)}")
+        self.strategy = get_ablation(ablation)
         if ablation == "mean" and means is None:
             raise UserError("mean ablation needs mean activations")
         self.locations = list(widths)
@@ -92,23 +90,29 @@ class NodeMask(nn.Module):
     def clamp_(self) -> None:
         self.tau.clamp_(-1, 1)
 
-    def hooks(self, gates: Tensor, donor: Tensor | None = None) -> dict[str, Callable[[Tensor], Tensor]]:
+    def hooks(
+        self, gates: Tensor, donors: dict[str, Tensor] | None = None
+    ) -> dict[str, Callable[[Tensor], Tensor]]:
         """Hook fns gating every location. gates: [n_nodes] floats in [0, 1] (1 keeps the node).
 
-        For "resample", donor: LongTensor [B] — prompt b takes ablated values from prompt donor[b] at the same
-        position (clamped to the donor's length by the caller's choice of donor rows).
+        donors (resample ablations only): location -> [B, T, width] values of a clean forward of donor inputs
+        (ablations.DonorSource); an ablated node takes the donor's value at the same prompt and position.
         """
+        if self.strategy.donors and donors is None:
+            raise UserError(f"the {self.ablation} ablation needs donor activations")
         gates = gates.to(self.mu.device)
         fns = {}
         for loc, g, mu in zip(self.locations, self.split(gates).values(), self.split(self.mu).values()):
-            fns[loc] = _gate_fn(g, mu, donor if self.ablation == "resample" else None)
+            fns[loc] = _gate_fn(g, mu if donors is None else donors[loc])
         return fns
 
 
-def _gate_fn(g: Tensor, mu: Tensor, donor: Tensor | None) -> Callable[[Tensor], Tensor]:
+def _gate_fn(g: Tensor, ablated: Tensor) -> Callable[[Tensor], Tensor]:
+    """x -> g * x + (1 - g) * ablated; ablated is [width] (a fixed value) or [B, T, width] (donors)."""
+
     def fn(x: Tensor) -> Tensor:
-        ablated = mu.to(x.dtype) if donor is None else x.detach()[donor]
+        value = ablated if ablated.dim() == 1 else ablated[:, : x.shape[1]]
         gg = g.to(x.dtype)
-        return gg * x + (1 - gg) * ablated
+        return gg * x + (1 - gg) * value.to(x.dtype)
 
     return fn

@@ -3,7 +3,8 @@
 1. Gates H(tau) at every node location, tau ~ N(init_bias, init_scale^2) clamped to [-1, 1].
 2. Minimise task_loss + k_coef * (active nodes) with AdamW, clipping and linear decay (warmup optional).
 3. Rank nodes by tau; bisect on k (keep the top k) for the smallest circuit whose loss on a fixed
-   evaluation set reaches the target, recalibrating the logit difference (scale and shift) at each k.
+   evaluation (validation) set reaches the target, recalibrating the logit difference (scale a >= 0 and
+   shift) on that set at each k. The winner's calibration is stored and applied frozen to the test split.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
+from sparsecircuits.circuits.ablations import DonorSource, make_donor_source
 from sparsecircuits.circuits.masks import NodeMask
-from sparsecircuits.circuits.scoring import PromptSet, Score, gated_diff, resample_donors, score, task_loss
+from sparsecircuits.circuits.scoring import Calibration, PromptSet, Score, gated_diff, score, task_loss
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import GPT
+from sparsecircuits.tasks.evaluate import DEFAULT_CONVENTION, check_convention
 
 
 @dataclass
 class PruneConfig:
     target_loss: float = 0.15
-    ablation: str = "mean"  # mean | zero | resample
+    ablation: str = "mean"  # a name of circuits.ablations.ABLATIONS
+    loss_convention: str = DEFAULT_CONVENTION  # "pair-sum" (the authors') or "mean" (tasks/evaluate.py)
     steps: int = 200
     batch_pairs: int = 32  # the paper uses 64 pairs = 128 prompts; 32 halves the CPU cost (--batch-pairs 64)
     k_coef: float = 1e-4
@@ -47,6 +51,7 @@ class PruneConfig:
             raise UserError("steps and batch_pairs must be at least 1")
         if self.temp <= 0:
             raise UserError(f"temp must be positive, got {self.temp}")
+        check_convention(self.loss_convention)
         return self
 
 
@@ -61,6 +66,7 @@ class PruneResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
+    evaluate: Evaluator | None = None  # the bisection's scorer on the validation prompts
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float) -> float:
@@ -72,9 +78,17 @@ def lr_factor(step: int, steps: int, warmup_frac: float) -> float:
 
 
 def train_mask(
-    model: GPT, mask: NodeMask, train: PromptSet, cfg: PruneConfig, progress: bool = True
+    model: GPT,
+    mask: NodeMask,
+    train: PromptSet,
+    cfg: PruneConfig,
+    progress: bool = True,
+    donors: DonorSource | None = None,
 ) -> list[dict]:
-    """Optimise the gates on batches of training pairs. Returns the logged history."""
+    """Optimise the gates on batches of training pairs. Returns the logged history.
+
+    donors: for the resample ablations, where each batch's ablated values come from (fresh every step).
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(
         [mask.tau], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
@@ -86,9 +100,9 @@ def train_mask(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_frac)
         batch = train.subset(torch.randperm(len(train), generator=gen)[:n_prompts])
-        donors = resample_donors(batch.last, gen) if mask.ablation == "resample" else None
+        values = donors(batch.tokens, batch.last, mask.locations) if donors else None
         gates = mask.gates()
-        t_loss = task_loss(gated_diff(model, mask, gates, batch, donors))
+        t_loss = task_loss(gated_diff(model, mask, gates, batch, values), cfg.loss_convention)
         active = gates.sum()
         loss = t_loss + cfg.k_coef * active
         opt.zero_grad(set_to_none=True)
@@ -105,18 +119,36 @@ def train_mask(
 
 
 class Evaluator:
-    """Scores discrete gate vectors on a fixed prompt set (same batches every time: loss is a function of k)."""
+    """Scores discrete gate vectors on a fixed prompt set (same batches and donors every time: the loss is a
+    function of the gates).
 
-    def __init__(self, model: GPT, mask: NodeMask, prompts: PromptSet, calibrated: bool, seed: int = 0):
+    calibrated: fit a calibration on these prompts for each gate vector (named `split` in the result) unless
+    one is passed frozen to the call. donors: for the resample ablations, drawn once here.
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        mask: NodeMask,
+        prompts: PromptSet,
+        calibrated: bool,
+        convention: str = DEFAULT_CONVENTION,
+        donors: DonorSource | None = None,
+        split: str = "val",
+    ):
         self.model, self.mask, self.prompts, self.calibrated = model, mask, prompts, calibrated
-        self.donors = None
-        if mask.ablation == "resample":
-            self.donors = resample_donors(prompts.last, torch.Generator().manual_seed(seed + 1))
+        self.convention, self.split = convention, split
+        self.values = donors(prompts.tokens, prompts.last, mask.locations) if donors else None
 
     @torch.no_grad()
-    def __call__(self, gates: torch.Tensor) -> Score:
-        diff = gated_diff(self.model, self.mask, gates, self.prompts, self.donors)
-        return score(diff, self.prompts.sign, self.calibrated)
+    def diff(self, gates: torch.Tensor) -> torch.Tensor:
+        """Correct-minus-wrong logit difference of the gated model on the prompts. Returns [N]."""
+        return gated_diff(self.model, self.mask, gates, self.prompts, self.values)
+
+    def __call__(self, gates: torch.Tensor, calibration: Calibration | None = None) -> Score:
+        return score(
+            self.diff(gates), self.prompts.sign, self.convention, calibration, self.calibrated, self.split
+        )
 
 
 def bisect_nodes(evaluate: Evaluator, mask: NodeMask, target: float) -> tuple[int, Score, list[dict]]:
@@ -126,7 +158,7 @@ def bisect_nodes(evaluate: Evaluator, mask: NodeMask, target: float) -> tuple[in
 
     def at(k: int) -> Score:
         s = evaluate(mask.top_k_gates(k))
-        trace.append({"k": k, "loss": s.loss, "loss_uncalibrated": s.loss_uncalibrated})
+        trace.append({"k": k, "loss": s.loss, "loss_raw": s.loss_raw, "accuracy_raw": s.accuracy_raw})
         return s
 
     lo, hi = 0, n
@@ -155,8 +187,12 @@ def prune(
     evaluation: PromptSet,
     cfg: PruneConfig,
     progress: bool = True,
+    pretraining: str | None = None,
 ) -> PruneResult:
-    """Learn node gates for one task and bisect to the target loss. `model` is left unchanged."""
+    """Learn node gates for one task and bisect to the target loss. `model` is left unchanged.
+
+    pretraining: a token file (the dataset's val.bin), needed by the "resample" ablation's donors.
+    """
     cfg.validate()
     t0 = time.perf_counter()
     model.eval()
@@ -171,15 +207,18 @@ def prune(
         cfg.temp,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    evaluate = Evaluator(model, mask, evaluation, cfg.calibrate, cfg.seed)
+    donors = make_donor_source(model, cfg.ablation, pretraining, cfg.seed)
+    evaluate = Evaluator(model, mask, evaluation, cfg.calibrate, cfg.loss_convention, donors)
     full = evaluate(torch.ones(mask.n_nodes))
     if full.loss > cfg.target_loss:
         raise UserError(
-            f"target loss {cfg.target_loss:g} is out of reach: the unpruned model's task loss is {full.loss:.4f}"
+            f"target loss {cfg.target_loss:g} ({cfg.loss_convention}) is out of reach: the unpruned model's "
+            f"task loss is {full.loss:.4f}"
         )
-    history = train_mask(model, mask, train, cfg, progress)
+    history = train_mask(model, mask, train, cfg, progress, donors)
     k, best, trace = bisect_nodes(evaluate, mask, cfg.target_loss)
     gates = mask.top_k_gates(k)
     if not math.isfinite(best.loss):
         raise UserError("pruning diverged: non-finite task loss")
-    return PruneResult(mask, k, gates, best, full, trace, history, time.perf_counter() - t0, asdict(cfg))
+    seconds = time.perf_counter() - t0
+    return PruneResult(mask, k, gates, best, full, trace, history, seconds, asdict(cfg), evaluate)

@@ -1,8 +1,13 @@
-"""Task loss of a gated model on a fixed prompt set, with the optional logit recalibration (PAPER.md 7.4).
+"""Task loss of a gated model on a fixed prompt set, raw and after the logit recalibration (PAPER.md 7.4).
 
-Orientation: for each pair, A is the positive prompt's correct token and B the other. The model's A-vs-B
-logit difference d = z_A - z_B is what recalibration rescales: a * d + b. A bias b therefore favours one
-*answer* for all prompts, never "the correct one", so it cannot leak the label.
+Orientation: for each prompt, A is a fixed answer of its pair (the positive prompt's correct token) and B
+the other. The model's A-vs-B logit difference d_A = z_A - z_B is what recalibration rescales: a * d_A + b.
+A bias b therefore favours one *answer* for all prompts, never "the correct one", so it cannot leak the label.
+
+The protocol (beyond the paper, which only says "a scale and shift, 16 LBFGS steps"):
+- the scale is kept a >= 0, so a circuit may not flip its answers;
+- a calibration is fitted on one prompt set (validation) and applied frozen to another (test);
+- every score carries the raw loss and accuracy beside the calibrated ones.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.model import GPT
+from sparsecircuits.tasks.evaluate import DEFAULT_CONVENTION, accuracy
 from sparsecircuits.tasks.evaluate import logit_diff_loss as task_loss
+
+LBFGS_STEPS = 16  # PAPER.md 7.4
 
 
 @dataclass
@@ -42,29 +49,21 @@ class PromptSet:
         )
 
 
-def from_task_batch(batch) -> PromptSet:
-    """A PromptSet from a tasks.evaluate.TaskBatch; A is the correct token of each pair's first prompt."""
-    pair = batch.pair
-    first = torch.full((int(pair.max()) + 1,), -1, dtype=torch.long)
-    order = torch.arange(len(pair))
-    first.scatter_reduce_(0, pair, order, reduce="amin", include_self=False)
-    a_token = batch.correct[first[pair]]
-    sign = torch.where(batch.correct == a_token, 1.0, -1.0)
+def from_task_batch(batch, a_tokens: Tensor | None = None) -> PromptSet:
+    """A PromptSet from a tasks.evaluate.TaskBatch.
+
+    A is the correct token of each pair's first prompt, or, for unpaired prompts (mined from real code),
+    `a_tokens` [N]: per prompt the answer taken as A, a function of the two candidates only (never the label).
+    """
+    if a_tokens is None:
+        pair = batch.pair
+        first = torch.full((int(pair.max()) + 1,), -1, dtype=torch.long)
+        order = torch.arange(len(pair))
+        first.scatter_reduce_(0, pair, order, reduce="amin", include_self=False)
+        a_tokens = batch.correct[first[pair]]
+    sign = torch.where(batch.correct == a_tokens, 1.0, -1.0)
     tokens = batch.tokens[:, : int(batch.last.max()) + 1]  # no padding beyond the longest prompt
     return PromptSet(tokens, batch.last, batch.correct, batch.wrong, sign)
-
-
-def resample_donors(last: Tensor, gen: torch.Generator) -> Tensor:
-    """For each prompt a random *other* prompt at least as long (else the longest other). Returns [N] long."""
-    n = len(last)
-    donors = torch.empty(n, dtype=torch.long)
-    for i in range(n):  # N is a few hundred prompts; this runs once per evaluation set
-        ok = torch.nonzero((last >= last[i]) & (torch.arange(n) != i)).flatten()
-        if len(ok) == 0:
-            others = torch.arange(n)[torch.arange(n) != i]
-            ok = others[last[others].argmax()].view(1)
-        donors[i] = ok[torch.randint(len(ok), (1,), generator=gen)]
-    return donors
 
 
 def correct_minus_wrong(model: GPT, prompts: PromptSet) -> Tensor:
@@ -75,57 +74,126 @@ def correct_minus_wrong(model: GPT, prompts: PromptSet) -> Tensor:
 
 
 def gated_diff(
-    model: GPT, mask: NodeMask, gates: Tensor, prompts: PromptSet, donors: Tensor | None = None
+    model: GPT, mask: NodeMask, gates: Tensor, prompts: PromptSet, donors: dict[str, Tensor] | None = None
 ) -> Tensor:
-    """correct_minus_wrong with the node gates applied through hooks. Returns [N]."""
+    """correct_minus_wrong with the node gates applied through hooks. Returns [N].
+
+    donors: for the resample ablations, location -> [N, T, width] ablated values (see masks.donor_values).
+    """
     with model.hooks(mask.hooks(gates, donors)):
         return correct_minus_wrong(model, prompts)
 
 
-def calibrate(diff: Tensor, sign: Tensor, steps: int = 16) -> tuple[float, float, float]:
-    """Fit a * d_A + b (d_A = sign * diff) with LBFGS. Returns (loss, a, b)."""
-    d_a = (sign * diff).detach().double()
-    s = sign.double()
-    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+@dataclass(frozen=True)
+class Calibration:
+    """The affine map a * d_A + b of the A-vs-B logit difference; a >= 0. Identity by default."""
+
+    scale: float = 1.0
+    bias: float = 0.0
+    fitted_on: str = "none"  # which prompts it was fitted on ("val", ...); "none" for the identity
+
+    def apply(self, diff: Tensor, sign: Tensor) -> Tensor:
+        """Calibrated correct-minus-wrong: sign * (a * d_A + b) with d_A = sign * diff. [N] -> [N]."""
+        return self.scale * diff + sign * self.bias
+
+    def to_json(self) -> dict:
+        return {"scale": self.scale, "bias": self.bias, "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> Calibration:
+        d = d or {}
+        return cls(float(d.get("scale", 1.0)), float(d.get("bias", 0.0)), str(d.get("fitted_on", "none")))
+
+
+def _fit(d_a: Tensor, s: Tensor, scale_free: bool, steps: int) -> tuple[float, float]:
+    """LBFGS on the mean logistic loss of s * (a * d_A + b); with scale_free False a is held at 0."""
+    ab = torch.tensor([1.0 if scale_free else 0.0, 0.0], dtype=torch.float64, requires_grad=True)
+    free = torch.tensor([1.0 if scale_free else 0.0, 1.0], dtype=torch.float64)
     opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.softplus(-s * (ab[0] * d_a + ab[1])).mean()
+        loss = torch.nn.functional.softplus(-s * (ab[0] * d_a + ab[1])).mean()
         loss.backward()
+        ab.grad.mul_(free)  # a fixed parameter gets no gradient
         return loss
 
     opt.step(closure)
-    with torch.no_grad():
-        loss = F.softplus(-s * (ab[0] * d_a + ab[1])).mean()
-    if not torch.isfinite(loss) or loss > task_loss(diff.double()):  # never worse than no calibration
-        return float(task_loss(diff.double())), 1.0, 0.0
     a, b = ab.detach().tolist()
-    return float(loss), a, b
+    return a, b
+
+
+def fit_calibration(
+    diff: Tensor, sign: Tensor, fitted_on: str = "self", steps: int = LBFGS_STEPS
+) -> Calibration:
+    """Fit (a >= 0, b) minimising the task loss of `diff` [N] (correct-minus-wrong), orientation `sign` [N].
+
+    The logistic loss is convex in (a, b), so when the free optimum has a < 0 the constrained optimum lies on
+    a = 0: refit b alone there. Never returns a map worse than the identity (a = 1, b = 0).
+    """
+    d_a = (sign * diff).detach().double()
+    s = sign.detach().double()
+    a, b = _fit(d_a, s, True, steps)
+    if a < 0:
+        a, b = _fit(d_a, s, False, steps)
+        a = 0.0
+    fitted = Calibration(a, b, fitted_on)
+    identity = Calibration(1.0, 0.0, fitted_on)
+    loss = float(task_loss(fitted.apply(diff.double(), sign.double())))
+    if not (loss == loss) or loss > float(task_loss(diff.double())):  # NaN or worse than no calibration
+        return identity
+    return fitted
 
 
 @dataclass
 class Score:
-    loss: float  # calibrated when requested, else equal to loss_uncalibrated
-    loss_uncalibrated: float
-    accuracy: float
-    scale: float = 1.0
-    bias: float = 0.0
+    """Task loss and accuracy of correct-minus-wrong differences, raw and after a calibration."""
+
+    loss_raw: float
+    accuracy_raw: float
+    loss_calibrated: float
+    accuracy_calibrated: float
+    calibration: Calibration
+    convention: str = DEFAULT_CONVENTION
+
+    @property
+    def loss(self) -> float:
+        """The loss compared with a target: the calibrated one (equal to the raw one without calibration)."""
+        return self.loss_calibrated
 
     def to_json(self) -> dict:
         return {
-            "loss": self.loss,
-            "loss_uncalibrated": self.loss_uncalibrated,
-            "accuracy": self.accuracy,
-            "calibration": {"scale": self.scale, "bias": self.bias},
+            "loss_raw": self.loss_raw,
+            "accuracy_raw": self.accuracy_raw,
+            "loss_calibrated": self.loss_calibrated,
+            "accuracy_calibrated": self.accuracy_calibrated,
+            "calibration": self.calibration.to_json(),
         }
 
 
-def score(diff: Tensor, sign: Tensor, calibrated: bool = True) -> Score:
-    """Task loss (optionally recalibrated) and accuracy from correct-minus-wrong differences [N]."""
-    raw = float(task_loss(diff.double()))
-    acc = float((diff > 0).float().mean())
-    if not calibrated:
-        return Score(raw, raw, acc)
-    loss, a, b = calibrate(diff, sign)
-    return Score(loss, raw, acc, a, b)
+def score(
+    diff: Tensor,
+    sign: Tensor,
+    convention: str = DEFAULT_CONVENTION,
+    calibration: Calibration | None = None,
+    fit: bool = True,
+    fitted_on: str = "self",
+) -> Score:
+    """Score correct-minus-wrong differences [N].
+
+    calibration: apply this frozen map; else fit one on these very prompts when `fit` (the bisection's
+    validation prompts; `fitted_on` names them), else the identity (raw only).
+    """
+    diff = diff.detach().double()
+    sign = sign.detach().double().to(diff.device)
+    if calibration is None:
+        calibration = fit_calibration(diff, sign, fitted_on) if fit else Calibration()
+    cal = calibration.apply(diff, sign)
+    return Score(
+        loss_raw=float(task_loss(diff, convention)),
+        accuracy_raw=accuracy(diff),
+        loss_calibrated=float(task_loss(cal, convention)),
+        accuracy_calibrated=accuracy(cal),
+        calibration=calibration,
+        convention=convention,
+    )

@@ -37,6 +37,7 @@ def search(
     budget: int = 1,
     progress: bool = True,
     log=print,
+    pretraining: str | None = None,
 ) -> tuple[PruneResult, list[dict]]:
     """Run `budget` pruning trials and return the best result and a summary row per trial."""
     rng = random.Random(base.seed)
@@ -44,7 +45,7 @@ def search(
     rows: list[dict] = []
     for trial in range(budget):
         cfg = propose(base, trial, rng)
-        res = prune(model, means, train, evaluation, cfg, progress)
+        res = prune(model, means, train, evaluation, cfg, progress, pretraining)
         rows.append(
             {
                 "trial": trial,

@@ -42,6 +42,10 @@ class PruneSession:
                 "(pass --data DIR, built with this model's tokenizer)"
             )
         self.dataset = load_dataset(data_dir)
+        self.dataset.check_built_with(
+            self.run.path / "tokenizer.json", self.run.tokenizer, f"run {model_dir}"
+        )
+        self.pretraining = str(self.dataset.val_bin)  # donors of the resample ablation
         if progress:
             click.echo(f"mean activations over {mean_windows} validation windows of {data_dir} ...", err=True)
         self.means = {
@@ -66,6 +70,25 @@ class PruneSession:
         )
         return from_task_batch(batch).to(next(self.model.parameters()).device)
 
+    def natural_prompts(self, task_name: str, records: list[dict]):
+        """Prompts mined from real code (tasks.mine records of one task) as a PromptSet on the model's device.
+
+        A is, per prompt, whichever of its two answers comes first among the task's candidates, so the
+        calibration's bias still favours an answer, never the label.
+        """
+        from sparsecircuits.circuits.scoring import from_task_batch
+        from sparsecircuits.tasks import get_task
+        from sparsecircuits.tasks.mine import encode_mined
+
+        task = get_task(task_name)
+        batch = encode_mined(task.name, records, self.run.tokenizer, self.model.cfg.n_ctx)
+        order = {c: i for i, c in enumerate(task.candidates)}
+        a_is_correct = torch.tensor(
+            [order.get(r["correct"], len(order)) <= order.get(r["wrong"], len(order)) for r in records]
+        )
+        a_ids = torch.where(a_is_correct, batch.correct, batch.wrong)
+        return from_task_batch(batch, a_ids).to(next(self.model.parameters()).device)
+
 
 def prune_one(
     session: PruneSession,
@@ -76,17 +99,18 @@ def prune_one(
     eval_pairs: int,
     do_validate: bool,
     sweep_targets: tuple[float, ...] = (),
+    natural: list[dict] | None = None,
 ) -> dict:
     """Prune one task (with the search) and return the circuit dict.
 
     sweep_targets: also bisect the trained mask to each of these target losses and record the smallest
     circuit (nodes, edges, loss) for each under "sweep" (task loss against circuit size, the paper's Fig 2;
     the mask is trained once at cfg.target_loss and reused, which is cheaper than pruning per target).
+    natural: records mined from real code for this task (tasks.mine); scored under validation["natural"].
     """
     from sparsecircuits.circuits.circuit import make_circuit
-    from sparsecircuits.circuits.prune import Evaluator
     from sparsecircuits.circuits.search import search
-    from sparsecircuits.circuits.validate import validate
+    from sparsecircuits.circuits.validate import score_natural, validate
 
     train = session.prompts(task, train_pairs, "train", cfg.seed)
     evaluation = session.prompts(task, eval_pairs, "val", cfg.seed)
@@ -99,13 +123,36 @@ def prune_one(
         budget,
         session.progress,
         log=lambda s: click.echo(s, err=True),
+        pretraining=session.pretraining,
     )
-    evaluate = Evaluator(session.model, result.mask, evaluation, cfg.calibrate, cfg.seed)
+    evaluate = result.evaluate
     validation = None
     if do_validate:
         test = session.prompts(task, eval_pairs, "test", cfg.seed)
-        validation = validate(session.model, session.means, result.gates, test, cfg.calibrate, seed=cfg.seed)
-        validation["split"] = "test"
+        validation = validate(
+            session.model,
+            session.means,
+            result.gates,
+            test,
+            evaluation,
+            cfg.target_loss,
+            result.score.calibration,
+            cfg.calibrate,
+            cfg.loss_convention,
+            cfg.ablation,
+            session.pretraining,
+            seed=cfg.seed,
+        )
+        if natural:
+            validation["natural"] = score_natural(
+                session.model,
+                session.means,
+                result.gates,
+                session.natural_prompts(task, natural),
+                result.score.calibration,
+                cfg.loss_convention,
+                cfg.ablation,
+            )
     task_info = {
         "name": task,
         "split": "train",
@@ -139,6 +186,7 @@ def target_sweep(model, result, evaluate, targets: tuple[float, ...]) -> list[di
                 "nodes": k,
                 "edges": count_edges(params, model.cfg, nodes),
                 "loss": best.loss,
+                "loss_raw": best.loss_raw,
             }
         )
     return rows

@@ -1,11 +1,11 @@
 """Task loss, accuracy and logit difference of a model on the task suite.
 
 Task loss (PAPER.md section 6): binary cross-entropy between the correct and the wrong candidate token, from
-their two logits at each prompt's last position, **averaged over prompts** (both prompts of every pair count
-as separate prompts). With d = z_correct - z_wrong that is mean(softplus(-d)). The authors' released code
-reportedly *sums* the binary CE over the two prompts of a pair, i.e. reports twice our value: their 0.15 is
-our 0.075. Accuracy counts d > 0 as right and a tie d == 0 as half right (so a model that cannot tell the
-candidates apart scores loss ln 2 and accuracy 0.5).
+their two logits at each prompt's last position. With d = z_correct - z_wrong a prompt's loss is softplus(-d).
+Two conventions (`LOSS_CONVENTIONS`): "pair-sum", the default and the paper authors' release, sums the loss of
+the two prompts of a pair and averages over pairs, i.e. twice the per-prompt mean (chance: 2 ln 2 = 1.386), so
+`--target-loss 0.15` means what the paper means; "mean" averages over prompts (chance ln 2; this project's
+convention before version 0.2). Accuracy counts d > 0 as right and a tie d == 0 as half right.
 
 Batching: prompts are right-padded to a common length and the logits are read at each prompt's own last
 index. With causal attention, padding after a position cannot change the logits at that position.
@@ -15,6 +15,7 @@ file follows one, and the prompts look like the start of a file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,23 +129,49 @@ def candidate_logits(model: Model, batch: TaskBatch, chunk: int = 256) -> Tensor
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-def logit_diff_loss(diff: Tensor) -> Tensor:
-    """Binary cross-entropy from d = z_correct - z_wrong, averaged over prompts: softplus(-d).mean(). diff: [N]."""
-    return F.softplus(-diff).mean()
+LOSS_CONVENTIONS = ("pair-sum", "mean")
+DEFAULT_CONVENTION = "pair-sum"
+_PROMPTS_PER_UNIT = {"pair-sum": 2.0, "mean": 1.0}  # prompts summed per unit the loss is averaged over
 
 
-def task_metrics(cand_logits: Tensor) -> dict[str, float]:
-    """loss (binary CE, mean per prompt), acc (ties count 1/2), logit_diff (mean z_correct - z_wrong), n.
+def check_convention(convention: str) -> str:
+    """The convention name, or a UserError naming the choices."""
+    if convention not in _PROMPTS_PER_UNIT:
+        raise UserError(f"unknown loss convention {convention!r}; choose {' or '.join(LOSS_CONVENTIONS)}")
+    return convention
+
+
+def chance_loss(convention: str = DEFAULT_CONVENTION) -> float:
+    """The loss of a model that cannot tell the candidates apart (d = 0): ln 2 per prompt."""
+    return _PROMPTS_PER_UNIT[check_convention(convention)] * math.log(2.0)
+
+
+def logit_diff_loss(diff: Tensor, convention: str = DEFAULT_CONVENTION) -> Tensor:
+    """Binary cross-entropy from d = z_correct - z_wrong under `convention`. diff: [N] -> scalar.
+
+    "mean": softplus(-d).mean(); "pair-sum": the sum over each pair's two prompts, averaged over pairs,
+    which is 2 * softplus(-d).mean() (for unpaired prompts, as mined from real code, the same per-pair scale).
+    """
+    return _PROMPTS_PER_UNIT[check_convention(convention)] * F.softplus(-diff).mean()
+
+
+def accuracy(diff: Tensor) -> float:
+    """Fraction of prompts with d > 0; a tie d == 0 counts one half. diff: [N]."""
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
+def task_metrics(cand_logits: Tensor, convention: str = DEFAULT_CONVENTION) -> dict[str, float]:
+    """loss (binary CE under `convention`), acc (ties count 1/2), logit_diff (mean z_correct - z_wrong), n.
 
     cand_logits: [N, 2], column 0 the correct and column 1 the wrong candidate.
     """
     diff = (cand_logits[:, 0] - cand_logits[:, 1]).double()
-    acc = (diff > 0).double() + 0.5 * (diff == 0).double()
     return {
-        "loss": float(logit_diff_loss(diff)),
-        "acc": float(acc.mean()),
+        "loss": float(logit_diff_loss(diff, convention)),
+        "acc": accuracy(diff),
         "logit_diff": float(diff.mean()),
         "n": len(diff),
+        "loss_convention": convention,
     }
 
 
@@ -157,10 +184,11 @@ def evaluate_task(
     split: str = "val",
     seed: int = 0,
     chunk: int = 256,
+    convention: str = DEFAULT_CONVENTION,
 ) -> dict:
     """Task metrics of `model` (in eval mode) on `n_pairs` pairs of `task`: task_metrics plus task, split."""
     task = get_task(task)
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", 256)
     batch = encode_task(task, tokenizer, n_pairs, split, seed, n_ctx=n_ctx)
-    metrics = task_metrics(candidate_logits(model, batch, chunk))
+    metrics = task_metrics(candidate_logits(model, batch, chunk), convention)
     return {"task": task.name, "split": split, "n_pairs": n_pairs, **metrics}

@@ -281,22 +281,24 @@
     const v = m.validation || {};
     const task = m.task || {};
     const info = data.task_info || {};
+    const full = a.full_model || {};
+    const pct = (x) => (typeof x === "number" ? `${SC.fmt(100 * x)}%` : "–");
+    const conv = m.loss_convention || "mean";
     pane.append(
-      h("div", { class: "cards" }, card("full model loss", SC.fmt(a.full_model_loss, 4), "before pruning"), card("circuit loss", SC.fmt(a.loss, 4), `target ${SC.fmt(m.target_loss)}`), card("uncalibrated", SC.fmt(a.loss_uncalibrated, 4)), card("accuracy", typeof a.accuracy === "number" ? `${SC.fmt(100 * a.accuracy)}%` : "–"), card("nodes", String((m.counts || {}).nodes ?? "–")), card("edges", String((m.counts || {}).edges ?? "–")))
+      h("div", { class: "cards" }, card("full model loss", SC.fmt(full.loss_raw, 4), `before pruning (${a.split || "val"})`), card("circuit loss", SC.fmt(a.loss_calibrated, 4), `calibrated; target ${SC.fmt(m.target_loss)} (${conv})`), card("raw loss", SC.fmt(a.loss_raw, 4), "uncalibrated"), card("raw accuracy", pct(a.accuracy_raw), `calibrated ${pct(a.accuracy_calibrated)}`), card("nodes", String((m.counts || {}).nodes ?? "–")), card("edges", String((m.counts || {}).edges ?? "–")))
     );
     const grid = h("div", { class: "panels" });
     pane.append(grid);
     const panel = (title, ...body) => grid.append(h("section", { class: "panel" }, h("h3", { text: title }), body));
     if (v.sufficiency) {
-      const items = [
-        { label: "sufficiency", value: (v.sufficiency || {}).loss, colour: "#2563eb" },
-        { label: "necessity", value: (v.necessity || {}).loss, colour: "#dc2626" },
-        { label: "random", value: (v.random || {}).loss, err: (v.random || {}).std, colour: "#94a3b8" },
-        { label: "resample", value: (v.resample || {}).loss, colour: "#7c3aed" },
-      ];
-      if (v.full_model) items.unshift({ label: "full model", value: v.full_model.loss, colour: "#059669" });
+      const kinds = [["full model", v.full_model, "#059669"], ["sufficiency", v.sufficiency, "#2563eb"], ["necessity", v.necessity, "#dc2626"], ["random", v.random, "#94a3b8"], ["resample", v.resample, "#7c3aed"]].filter((r) => r[1]);
+      const items = kinds.map(([label, s, colour]) => ({ label: `${label} (raw)`, value: s.loss_raw, err: s.loss_raw_std, colour }));
       const refs = [{ value: typeof v.chance === "number" ? v.chance : Math.LN2, label: "chance" }];
-      panel(`Validation${v.split ? ` (${v.split} split)` : ""}`, SC.barPlot(items, { refs }), h("p", { class: "muted small", text: "Task loss: sufficiency keeps only the circuit; necessity ablates only the circuit; random keeps as many random nodes per location; resample fills ablated nodes from other prompts." }));
+      const rows = kinds.map(([label, s]) => h("tr", {}, h("th", { text: label }), [s.loss_raw, s.accuracy_raw, s.loss_calibrated, s.accuracy_calibrated].map((x, i) => h("td", { text: i % 2 ? pct(x) : SC.fmt(x, 3) }))));
+      const table = h("table", { class: "grid-table compact" }, h("thead", {}, h("tr", {}, ["", "loss raw", "acc raw", "loss cal", "acc cal"].map((t) => h("th", { text: t })))), h("tbody", {}, rows));
+      const verdict = v.verdict || "–";
+      panel(`Validation${v.split ? ` (${v.split} split)` : ""}: ${verdict}`, SC.barPlot(items, { refs }), table, h("p", { class: "muted small", text: `Task loss (${v.loss_convention || conv} convention). Sufficiency keeps only the circuit; necessity ablates only the circuit (its raw loss is the headline: the damage done); random keeps as many random nodes per location; resample fills ablated nodes from clean forwards of pretraining windows. Calibrations (scale ≥ 0, shift) were fitted on ${v.calibration_fitted_on || "?"} prompts and frozen.${verdict === "sufficient only after calibration" ? " Raw accuracy is below 90%: the circuit alone does not do the task without the fitted logit scale and shift." : ""}` }));
+      if (v.natural) panel(`Natural code (${v.natural.n_prompts} mined prompts)`, h("table", { class: "grid-table compact" }, h("tbody", {}, [["full model", v.natural.full_model], ["circuit", v.natural.circuit]].map(([label, s]) => h("tr", {}, h("th", { text: label }), h("td", { text: `loss ${SC.fmt(s.loss_raw, 3)} raw, ${SC.fmt(s.loss_calibrated, 3)} calibrated; accuracy ${pct(s.accuracy_raw)}` }))))));
     } else panel("Validation", h("div", { class: "note", text: "No validation results in this file (run `sparsecircuits validate`)." }));
     const bis = (m.bisection || []).map((r) => [r.k, r.loss]);
     const chosen = (m.counts || {}).nodes;
