@@ -334,10 +334,14 @@ def test_build_config_presets_dense_and_overrides():
 
 
 def test_every_preset_is_valid_and_listed_in_the_cli():
-    from sparsecircuits.train.commands import PRESET_NAMES
+    from sparsecircuits.bridges.commands import train_cmd as bridges_train
+    from sparsecircuits.experiments.commands import demo
+    from sparsecircuits.train.commands import train as train_cmd
     from sparsecircuits.train.config import PRESETS
 
-    assert tuple(PRESETS) == PRESET_NAMES
+    for command in (train_cmd, bridges_train, demo):  # the choices come from PRESETS itself
+        (option,) = [p for p in command.params if p.name == "preset"]
+        assert tuple(option.type.choices) == tuple(PRESETS)
     for name in PRESETS:
         model, tr = build_config(name, 2048)
         assert model.n_head * model.d_head == model.d_model and tr.steps > 0

@@ -126,13 +126,14 @@ def _is_run_config(config: dict | None) -> bool:
 def legacy_kind(out: Path) -> str | None:
     """The kind of project output in a folder written before markers existed, or None.
 
-    run/import: config.json with a valid "model" section and model.safetensors or checkpoints/ (import:
-    config.json also has the importer's "source" record); dataset: meta.json with content_hash and vocab_size
-    beside train.bin; demo: demo.json naming its models; frontier: frontier.json with "models"; prune:
+    run/import: config.json with a valid "model" section beside model.safetensors, checkpoints/ or
+    tokenizer.json (import: config.json also has the importer's "source" record); dataset: meta.json with
+    content_hash and vocab_size beside train.bin; demo: demo.json naming its models; frontier: frontier.json with "models"; prune:
     summary.json with "tasks_total", or a circuit file with "nodes" and "model". Anything else is not ours.
     """
     config = _read_json_object(out / "config.json")
-    if _is_run_config(config) and ((out / "model.safetensors").is_file() or (out / "checkpoints").is_dir()):
+    written = ("model.safetensors", "checkpoints", "tokenizer.json")  # what a run holds beside its config
+    if _is_run_config(config) and any((out / name).exists() for name in written):
         return "import" if isinstance(config.get("source"), dict) else "run"
     meta = _read_json_object(out / "meta.json")
     if meta and {"content_hash", "vocab_size"} <= set(meta) and (out / "train.bin").is_file():
@@ -361,6 +362,15 @@ def commit_dir(tmp: Path, out: str | Path, kind: str | None = None) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def user_cache_dir() -> Path:
+    """The user's cache folder for derived data: $SPARSECIRCUITS_CACHE, else $XDG_CACHE_HOME/sparsecircuits,
+    else ~/.cache/sparsecircuits (used where a run folder is read-only)."""
+    if os.environ.get("SPARSECIRCUITS_CACHE"):
+        return Path(os.environ["SPARSECIRCUITS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sparsecircuits"
 
 
 def file_sha256(path: str | Path) -> str:

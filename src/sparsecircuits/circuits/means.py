@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from sparsecircuits.data.shards import iter_eval_batches
-from sparsecircuits.io import atomic_write
+from sparsecircuits.io import atomic_write, user_cache_dir
 from sparsecircuits.model import GPT
 
 
@@ -57,10 +57,19 @@ def mean_activations(
 def cached_means(
     model: GPT, run_dir: str | Path, bin_path: str | Path, n_windows: int = 64
 ) -> dict[str, Tensor]:
-    """`mean_activations`, cached in RUN/cache/ under the model's content hash and the window count."""
-    path = Path(run_dir) / "cache" / f"means-{model_content_hash(model)}-{n_windows}.safetensors"
-    if path.is_file():
-        return load_file(str(path))
+    """`mean_activations`, cached in RUN/cache/ under the model's content hash and the window count; where
+    the run folder is read-only, in the user cache folder (io.user_cache_dir), else only in memory."""
+    name = f"means-{model_content_hash(model)}-{n_windows}.safetensors"
+    paths = [Path(run_dir) / "cache" / name, user_cache_dir() / "means" / name]
+    for path in paths:
+        if path.is_file():
+            return load_file(str(path))
     means = mean_activations(model, bin_path, n_windows)
-    atomic_write(path, lambda p: save_file({k: v.cpu().contiguous() for k, v in means.items()}, str(p)))
+    tensors = {k: v.cpu().contiguous() for k, v in means.items()}
+    for path in paths:
+        try:
+            atomic_write(path, lambda p: save_file(tensors, str(p)))
+            break
+        except OSError:
+            continue
     return means

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from sparsecircuits.cli_options import FRACTION, NON_NEGATIVE, force_option, quiet_option, seed_option
+
 
 @click.group()
 def data() -> None:
@@ -22,13 +24,18 @@ def data() -> None:
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dataset directory.")
 @click.option(
-    "--vocab-size", default=2048, show_default=True, help="BPE vocabulary size (the paper's is 2048)."
+    "--vocab-size",
+    default=2048,
+    show_default=True,
+    type=click.IntRange(1, 2**16),
+    help="BPE vocabulary size (the paper's is 2048; at most 65536: shards hold uint16 ids).",
 )
 @click.option(
     "--synthetic",
     "synthetic_mb",
     default=0.0,
     show_default=True,
+    type=NON_NEGATIVE,
     help="Megabytes of generated simple-idiom Python to mix in.",
 )
 @click.option(
@@ -38,15 +45,17 @@ def data() -> None:
     type=click.Path(path_type=Path),
     help="Reuse this tokenizer.json (e.g. an imported model's) instead of training one.",
 )
-@click.option("--val-fraction", default=0.02, show_default=True, help="Fraction of files for validation.")
+@click.option(
+    "--val-fraction", default=0.02, show_default=True, type=FRACTION, help="Fraction of files for validation."
+)
 @click.option("--hf-dataset", default=None, help="A Hugging Face dataset name or local parquet/jsonl path.")
 @click.option(
     "--column", "hf_column", default="content", show_default=True, help="Text column of --hf-dataset."
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic generator.")
+@seed_option(help="Seed of the synthetic generator.")
 @click.option("--no-stdlib", is_flag=True, help="Do not read the standard library when no --source is given.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
-@click.option("--quiet", is_flag=True, help="No progress output.")
+@force_option("Replace a dataset this project wrote in --out (your other files there stay).")
+@quiet_option()
 def build(
     sources,
     out,
@@ -63,13 +72,8 @@ def build(
 ) -> None:
     """Walk the sources, train the tokenizer and write train.bin / val.bin / meta.json."""
     from sparsecircuits.data.build import BuildConfig, build_dataset
-    from sparsecircuits.errors import UserError
     from sparsecircuits.tasks.tokens import REQUIRED_TOKENS
 
-    if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}")
-    if synthetic_mb < 0:
-        raise UserError("--synthetic must be >= 0")
     cfg = BuildConfig(
         out=out,
         sources=list(sources),

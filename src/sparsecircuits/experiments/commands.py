@@ -6,10 +6,27 @@ from pathlib import Path
 
 import click
 
+from sparsecircuits.cli_options import (
+    POSITIVE,
+    FiniteFloat,
+    LazyChoice,
+    count,
+    device_option,
+    force_option,
+    preset_names,
+)
+
 
 @click.command()
 @click.option("--out", default=Path("runs/demo"), show_default=True, type=click.Path(path_type=Path))
-@click.option("--synthetic", "synthetic_mb", default=40.0, show_default=True, help="MB of synthetic idioms.")
+@click.option(
+    "--synthetic",
+    "synthetic_mb",
+    default=40.0,
+    show_default=True,
+    type=FiniteFloat(0.0, 100_000.0),
+    help="MB of synthetic idioms.",
+)
 @click.option(
     "--train",
     "train_here",
@@ -17,14 +34,26 @@ import click
     help="Train both models here instead of using the shipped ones (implied by --preset and by a GPU).",
 )
 @click.option(
-    "--preset", default=None, help="Training preset (default: demo on CPU, demo-gpu where CUDA is present)."
+    "--preset",
+    type=LazyChoice(preset_names),
+    default=None,
+    help="Training preset (default: demo on CPU, demo-gpu where CUDA is present).",
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Training override for both models.")
-@click.option("--max-tasks", default=4, show_default=True, help="Tasks to prune (the two required first).")
-@click.option("--target-loss", default=0.15, show_default=True)
-@click.option("--prune-steps", default=150, show_default=True)
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--force", is_flag=True, help="Delete OUT and start again (default: resume finished stages).")
+@click.option(
+    "--max-tasks",
+    default=4,
+    show_default=True,
+    type=count(1),
+    help="Tasks to prune (the two required first).",
+)
+@click.option("--target-loss", default=0.15, show_default=True, type=POSITIVE)
+@click.option("--prune-steps", default=150, show_default=True, type=count(1, 1_000_000))
+@device_option()
+@force_option(
+    "Remove what an earlier demo wrote in OUT and start again (default: resume finished stages); "
+    "your other files there stay."
+)
 def demo(
     out, synthetic_mb, train_here, preset, sets, max_tasks, target_loss, prune_steps, device, force
 ) -> None:
@@ -62,13 +91,16 @@ def demo(
 @click.option(
     "--config", "config_path", required=True, type=click.Path(path_type=Path), help="Frontier JSON config."
 )
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-def frontier(config_path, device) -> None:
+@device_option()
+@force_option("Remove what an earlier sweep wrote in its out folder and start again (default: resume).")
+def frontier(config_path, device, force) -> None:
     """Sweep models x tasks: pretraining loss, circuit sizes, and the sparse-vs-dense plots (resumable)."""
     from sparsecircuits.experiments.frontier import FrontierConfig, run_frontier
+    from sparsecircuits.io import prepare_output_dir
 
     cfg = FrontierConfig.load(config_path)
     cfg.device = device
+    prepare_output_dir(cfg.out, "frontier", force)  # a user's folder (their own frontier.md) is refused
     summary = run_frontier(cfg)
     click.echo((cfg.out / "frontier.md").read_text())
     click.echo(

@@ -7,7 +7,7 @@ interrupted demo resumes where it stopped. `--force` starts again from nothing.
 from __future__ import annotations
 
 import json
-import shutil
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ import click
 import torch
 
 from sparsecircuits.errors import UserError
+from sparsecircuits.io import prepare_output_dir
 
 REQUIRED_TASKS = ("single_double_quote", "bracket_counting")
 
@@ -231,13 +232,33 @@ def check_models_kind(cfg: DemoConfig) -> None:
         atomic_write_json(path, kind)
 
 
+def check_demo_config(cfg: DemoConfig) -> None:
+    """One-line UserError for a bad option or output folder, before anything is built or written."""
+    from sparsecircuits.data.build import BuildConfig, check_build_config
+    from sparsecircuits.io import check_output_dir
+    from sparsecircuits.tasks import all_tasks
+    from sparsecircuits.train.config import build_config
+
+    check_build_config(BuildConfig(out=cfg.out, sources=list(cfg.sources), synthetic_mb=cfg.synthetic_mb))
+    n_tasks = len(all_tasks())
+    if not 1 <= cfg.max_tasks <= n_tasks:
+        raise UserError(f"--max-tasks must be in [1, {n_tasks}], got {cfg.max_tasks}")
+    if not (math.isfinite(cfg.target_loss) and cfg.target_loss > 0):
+        raise UserError(f"--target-loss must be a positive number, got {cfg.target_loss}")
+    if cfg.prune_steps < 1:
+        raise UserError(f"--prune-steps must be at least 1, got {cfg.prune_steps}")
+    vocab = BuildConfig(out=cfg.out).vocab_size  # the demo corpus's tokenizer size
+    for dense in (False, True):
+        build_config(cfg.preset, vocab, dense, [*cfg.sets, *(cfg.dense_sets if dense else ())])
+    check_output_dir(cfg.out, "demo", cfg.force, resume=not cfg.force)
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage and write OUT/report.html. Returns the report path."""
     from sparsecircuits.experiments.report import write_demo_report
 
-    if cfg.force and cfg.out.exists():
-        shutil.rmtree(cfg.out)
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    check_demo_config(cfg)  # every option and the output folder, before any slow work
+    prepare_output_dir(cfg.out, "demo", cfg.force)  # --force removes only what the demo wrote
     check_models_kind(cfg)
     torch.manual_seed(0)
     t0 = time.perf_counter()

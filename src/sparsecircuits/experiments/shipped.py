@@ -66,7 +66,7 @@ def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
     """
     from sparsecircuits.data.dataset import load_dataset
 
-    tmp = staging_dir(out, force=True)
+    tmp = staging_dir(out, True, "run")
     try:
         for name in RUN_FILES:
             shutil.copyfile(root / kind / name, tmp / name)
@@ -82,7 +82,7 @@ def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
         # verify() has checked the files against SHA256SUMS; record the model's entry, not a second hash.
         config["shipped"] = {"from": str(root), "sha256": read_sums(root)[f"{kind}/model.safetensors"]}
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
-        commit_dir(tmp, out)
+        commit_dir(tmp, out, "run")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

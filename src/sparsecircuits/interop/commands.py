@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from sparsecircuits.cli_options import force_option
+
 
 @click.command("import-openai")
 @click.option(
@@ -22,7 +24,7 @@ import click
     type=click.Path(path_type=Path),
     help="Directory with vocab.bpe and encoder.json [default: SRC, or a tinypython/ folder in or above SRC].",
 )
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@force_option("Replace a run this project imported into --out (your other files there stay).")
 def import_openai(src: Path, out: Path, tokenizer_dir: Path | None, force: bool) -> None:
     """Import one of the authors' released models (csp_yolo1, csp_yolo2, csp_sweep1_*) and their tokenizer.
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from sparsecircuits.cli_options import NON_NEGATIVE, force_option
 from sparsecircuits.errors import UserError
 
 
@@ -40,8 +41,13 @@ from sparsecircuits.errors import UserError
     "--max-edges", default=2000, show_default=True, type=click.IntRange(1), help="SVG export: edges drawn."
 )
 @click.option(
-    "--min-weight", default=0.0, show_default=True, type=float, help="SVG export: smallest |weight| drawn."
+    "--min-weight",
+    default=0.0,
+    show_default=True,
+    type=NON_NEGATIVE,
+    help="SVG export: smallest |weight| drawn.",
 )
+@force_option("Export: overwrite an existing --out file.")
 @click.option("--verbose", is_flag=True, help="Log every request.")
 def view(
     paths: tuple[Path, ...],
@@ -53,6 +59,7 @@ def view(
     out: Path | None,
     max_edges: int,
     min_weight: float,
+    force: bool,
     verbose: bool,
 ) -> None:
     """Start a local, read-only web app for runs, tasks and circuits under PATHS (default: runs/).
@@ -63,16 +70,20 @@ def view(
     writes a self-contained page or a picture of the circuit and exits.
     """
     if export_path is not None or out is not None:
-        _export(export_path, out, min_weight, max_edges)
+        _export(export_path, out, min_weight, max_edges, force)
         return
     _serve(list(paths) or [Path("runs")], host, port, windows, verbose, allow_remote)
 
 
-def _export(circuit: Path | None, out: Path | None, min_weight: float, max_edges: int) -> None:
+def _export(circuit: Path | None, out: Path | None, min_weight: float, max_edges: int, force: bool) -> None:
+    from sparsecircuits.io import check_output_file
     from sparsecircuits.viewer.export import export_file
 
     if circuit is None or out is None:
         raise UserError("--export and --out go together: --export FILE.circuit.json --out FILE.html|FILE.svg")
+    if out.suffix.lower() not in (".html", ".htm", ".svg"):
+        raise UserError(f"--out must end in .html or .svg, got {out.name}")
+    check_output_file(out, force, "--out file")
     written = export_file(circuit, out, min_weight, max_edges)
     click.echo(f"wrote {written}")
 
