@@ -7,9 +7,12 @@ One step is split into its parts, each timed on its own (synchronising the GPU a
   optimizer    gradient-RMS clipping + AdamW step
   weight top-k projection of every sparsified tensor onto the target L0 (sparse model only)
 
+Every part of every row is timed round-robin (one call of each per repetition, medians reported), so a
+change in the machine's load during the run hits all rows alike and the ratios stay comparable.
 Prints a table and writes JSON (default benchmarks/results/train_step.json).
 
-    python benchmarks/train_step.py                 # the demo preset's shape, well under a minute on a CPU
+    python benchmarks/train_step.py                 # the demo preset's shape, about a minute on a CPU
+    python benchmarks/train_step.py --reference     # adds a row with the torch.topk AbsTopK and weight top-k
     python benchmarks/train_step.py --gpu-shape     # d_model 1024, 2 layers, batch 32 x 512, bf16
     python benchmarks/train_step.py --sink          # sparse model with attention sinks: fused vs reference
 """
@@ -17,11 +20,13 @@ Prints a table and writes JSON (default benchmarks/results/train_step.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from sparsecircuits.model import sink_attention
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.gpt import GPT
+from sparsecircuits.train import sparsity
 from sparsecircuits.train.config import TrainConfig
 from sparsecircuits.train.distributed import autocast, resolve_device
 from sparsecircuits.train.sparsity import WeightSparsifier
@@ -55,6 +61,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     p.add_argument("--gpu-shape", action="store_true", help="d_model 1024, 2 layers, batch 32 x 512, bf16")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="add a sparse row with the torch.topk reference AbsTopK and weight top-k (CPU fast paths off)",
+    )
     p.add_argument(
         "--sink",
         action="store_true",
@@ -82,24 +93,47 @@ def model_config(args: argparse.Namespace, afrac: float, sink: bool = False) -> 
     )
 
 
-def timeit(fn: Callable[[], None], device: torch.device, iters: int, warmup: int) -> float:
-    """Median wall time of fn() in seconds, with the device synchronised around each call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+Flags = dict[tuple[object, str], object]
 
 
-def bench_model(
-    args: argparse.Namespace, device: torch.device, sparse: bool, sink: bool = False
+@contextlib.contextmanager
+def patched(flags: Flags) -> Iterator[None]:
+    """Set module attributes (e.g. a fast path's on/off switch) for the duration of the block."""
+    saved = {key: getattr(*key) for key in flags}
+    for (module, attr), value in flags.items():
+        setattr(module, attr, value)
+    try:
+        yield
+    finally:
+        for (module, attr), value in saved.items():
+            setattr(module, attr, value)
+
+
+def time_round_robin(
+    fns: dict[str, Callable[[], None]], device: torch.device, iters: int, warmup: int
 ) -> dict[str, float]:
+    """Median wall time of each fn() in seconds. Each repetition calls every fn once, in order, with the
+    device synchronised around each call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for rep in range(warmup + iters):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def model_parts(
+    args: argparse.Namespace, device: torch.device, sparse: bool, sink: bool, flags: Flags
+) -> tuple[dict[str, Callable[[], None]], int]:
+    """The timed parts of one row's training step (run in this order), and the model's parameter count.
+
+    "plain" is forward+backward with AbsTopK off, "with_topk" with it on (it also leaves the gradients that
+    "optimizer" steps on); "weight_topk" only for a sparse model. Each part runs under `flags`."""
     torch.manual_seed(0)
     afrac = args.afrac if sparse else 1.0
     model = GPT(model_config(args, afrac, sink)).to(device)
@@ -126,30 +160,61 @@ def bench_model(
         clip_grad_rms_(list(model.parameters()), 1.0)
         opt.step()
 
-    parts = {"fwd_bwd": timeit(fwd_bwd(plain), device, args.iters, args.warmup)}
-    with_topk = timeit(fwd_bwd(model), device, args.iters, args.warmup)  # also leaves grads for the optimizer
-    parts["act_topk"] = max(0.0, with_topk - parts["fwd_bwd"]) if sparse else 0.0
-    parts["optimizer"] = timeit(optimizer, device, args.iters, args.warmup)
-    parts["weight_topk"] = (
-        timeit(lambda: sparsifier.apply(args.l0), device, args.iters, args.warmup) if sparse else 0.0
-    )
+    parts = {"plain": fwd_bwd(plain), "with_topk": fwd_bwd(model), "optimizer": optimizer}
+    if sparse:
+        parts["weight_topk"] = lambda: sparsifier.apply(args.l0)
+
+    def under_flags(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            with patched(flags):
+                fn()
+
+        return run
+
+    return {name: under_flags(fn) for name, fn in parts.items()}, model.num_params()
+
+
+def row_result(t: dict[str, float], sparse: bool, tokens: int, params: int) -> dict[str, float]:
+    """Median part times of one row -> the table's columns (seconds), tokens/s and parameter count."""
+    parts = {"fwd_bwd": t["plain"]}
+    parts["act_topk"] = max(0.0, t["with_topk"] - t["plain"]) if sparse else 0.0
+    parts["optimizer"] = t["optimizer"]
+    parts["weight_topk"] = t.get("weight_topk", 0.0)
     parts["step"] = sum(parts.values())
-    parts["tokens_per_s"] = args.batch_size * args.n_ctx / parts["step"]
-    parts["params"] = model.num_params()
+    parts["tokens_per_s"] = tokens / parts["step"]
+    parts["params"] = params
     return parts
 
 
 def main() -> None:
     args = parse_args()
     device = resolve_device(args.device)
-    rows = {
-        "dense": bench_model(args, device, sparse=False),
-        "sparse": bench_model(args, device, sparse=True, sink=args.sink),
+    abstopk_module = sys.modules["sparsecircuits.model.abstopk"]
+    reference_topk: Flags = {
+        (abstopk_module, "USE_THRESHOLD_ON_CPU"): False,
+        (sparsity, "USE_THRESHOLD_ON_CPU"): False,
     }
+    specs = {"dense": (False, False, {}), "sparse": (True, args.sink, {})}
+    if args.reference:
+        specs["sparse-ref-topk"] = (True, args.sink, reference_topk)
     if args.sink:
-        sink_attention.USE_FUSED_SINK = False
-        rows["sparse-ref-sink"] = bench_model(args, device, sparse=True, sink=True)
-        sink_attention.USE_FUSED_SINK = True
+        specs["sparse-ref-sink"] = (True, True, {(sink_attention, "USE_FUSED_SINK"): False})
+    fns: dict[str, Callable[[], None]] = {}
+    params: dict[str, int] = {}
+    for row, (sparse, sink, flags) in specs.items():
+        parts, params[row] = model_parts(args, device, sparse, sink, flags)
+        fns.update({f"{row}/{part}": fn for part, fn in parts.items()})
+    times = time_round_robin(fns, device, args.iters, args.warmup)
+    tokens = args.batch_size * args.n_ctx
+    rows = {
+        row: row_result(
+            {key.split("/")[1]: t for key, t in times.items() if key.split("/")[0] == row},
+            sparse,
+            tokens,
+            params[row],
+        )
+        for row, (sparse, _, _) in specs.items()
+    }
     shape = (
         f"d_model {args.d_model}, {args.n_layer} layers, batch {args.batch_size} x {args.n_ctx}, "
         f"vocab {args.vocab_size}, {args.dtype}"
@@ -169,6 +234,9 @@ def main() -> None:
             f"{r['optimizer'] * 1e3:>11.1f}{r['step'] * 1e3:>10.1f}{r['tokens_per_s']:>11.0f}"
         )
     print(f"sparse / dense step time: {rows['sparse']['step'] / rows['dense']['step']:.2f}x")
+    if args.reference:
+        ref = rows["sparse-ref-topk"]["step"] / rows["dense"]["step"]
+        print(f"sparse with the reference top-k / dense step time: {ref:.2f}x")
     if args.sink:
         ref = rows["sparse-ref-sink"]["step"] / rows["sparse"]["step"]
         print(f"reference sink / fused sink step time: {ref:.2f}x")

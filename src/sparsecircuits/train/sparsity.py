@@ -15,6 +15,14 @@ below the number of neurons, nothing is protected and the tensor is a plain top-
 Ties: the kept set is chosen by `torch.topk` indices, not by comparing against the k-th magnitude, so
 exactly k entries are kept even when magnitudes tie (e.g. many exact zeros). All of it runs on the device
 without a host sync and without a Python loop over rows.
+
+CPU fast path (`threshold_keep_bits`): torch.topk of a quarter of a 262k-entry tensor costs milliseconds on
+the CPU, so there each tensor's k-th largest |w| (and each neuron's j-th, for the minimum fan) is found by
+numpy's introselect over the magnitudes read as integers, and the weights are zeroed with an integer AND.
+The projected weights equal the reference's (`topk_mask`): where ties would make the threshold keep other
+than k entries (or j per neuron), or a weight is not finite, the reference runs instead. Ties at zero
+(fewer than k nonzeros) are not an exception: the reference keeps arbitrary zeros, the fast path all of
+them, and the weights are the same. `USE_THRESHOLD_ON_CPU = False` selects the reference everywhere.
 """
 
 from __future__ import annotations
@@ -22,8 +30,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from sparsecircuits.model.abstopk import FLOAT_BITS
+
+# The CPU fast path of the projection (`threshold_keep_bits`); False runs the torch.topk reference everywhere.
+USE_THRESHOLD_ON_CPU = True
 
 # Parameters that stay dense and outside L0 (PAPER.md 3.1): norm gains (every module named ln_*: ln_1,
 # ln_2, ln_f and the position-channel norms ln_p1/ln_p2), positional embeddings, attention sink logits
@@ -116,6 +130,60 @@ def topk_mask(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None = None) -
     return mask.view_as(w)
 
 
+@torch.no_grad()
+def project_(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None = None) -> None:
+    """Zero, in place, every entry of w outside `topk_mask(w, k, min_fan, fan_dim)`. w: [n] or [rows, cols].
+
+    Uses the CPU fast path where it applies and decides (same weights as the reference), else the reference.
+    """
+    keep = None
+    if USE_THRESHOLD_ON_CPU and w.device.type == "cpu" and w.dtype in FLOAT_BITS and k < w.numel():
+        keep = threshold_keep_bits(w, k, min_fan, fan_dim)
+    if keep is None:
+        w.masked_fill_(~topk_mask(w, k, min_fan, fan_dim), 0.0)
+    else:
+        w.view(keep.dtype).bitwise_and_(keep)
+
+
+def _at_least_kth(score: Tensor, k: int, dim: int | None) -> tuple[Tensor, Tensor]:
+    """Bits -1 where score >= the k-th largest score along dim (None: over all entries), else 0; and the
+    threshold (broadcastable). score: integer magnitudes, all in [0, the dtype's |x| mask]."""
+    shift = score.element_size() * 8 - 1
+    a = score.numpy()
+    if dim is None:
+        thr = torch.tensor(np.partition(a.reshape(-1), a.size - k)[a.size - k])
+    else:
+        n = a.shape[dim]
+        thr = torch.from_numpy(np.take(np.partition(a, n - k, axis=dim), [n - k], axis=dim))
+    return (thr - 1 - score) >> shift, thr  # no overflow: both operands lie in [0, |x| mask]
+
+
+def threshold_keep_bits(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None = None) -> Tensor | None:
+    """The keep-set of `topk_mask` as integer bits (-1 kept, 0 dropped), or None where the reference decides.
+
+    w: [n] or [rows, cols], float32 (int32 bits) or float64 (int64), on the CPU, 1 <= k < numel. None when a
+    weight is not finite, when ties make a neuron's j-th largest |w| protect other than j entries, or when
+    ties at a nonzero k-th largest score keep other than k entries. At a zero threshold every entry is kept
+    (the weights are the reference's: its extra kept entries are zeros too).
+    """
+    int_dtype, abs_bits, inf_bits, _ = FLOAT_BITS[w.dtype]
+    score = w.detach().view(int_dtype) & abs_bits  # |w| as integers, ordered as the magnitudes
+    if bool(score.amax() >= inf_bits):
+        return None
+    if fan_dim is not None and min_fan > 0 and w.ndim == 2:
+        j = min(min_fan, w.shape[fan_dim], k // w.shape[1 - fan_dim])  # as in topk_mask
+        if j > 0:
+            protected, _ = _at_least_kth(score, j, fan_dim)
+            if not bool((protected.sum(fan_dim) == -j).all()):
+                return None
+            # Protected entries rank above every finite weight (the reference gives them +inf); at most k.
+            score = score | (protected & inf_bits)
+    keep, thr = _at_least_kth(score, k, None)
+    if not bool((keep.sum() == -k) | (thr == 0)):
+        return None
+    return keep
+
+
 class WeightSparsifier:
     """Projects a model's weights onto the current L0 fraction, in place, after each optimizer step."""
 
@@ -133,8 +201,7 @@ class WeightSparsifier:
             k = kept_count(f, t.param.numel())
             if k >= t.param.numel():
                 continue  # dense: nothing to do (and no top-k cost while f = 1)
-            mask = topk_mask(t.param, k, self.min_fan, t.fan_dim)
-            t.param.masked_fill_(~mask, 0.0)
+            project_(t.param, k, self.min_fan, t.fan_dim)
 
     def numel(self) -> int:
         """Total entries of all sparsified tensors (the denominator of the L0 fraction)."""
