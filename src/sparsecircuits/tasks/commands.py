@@ -1,4 +1,4 @@
-"""`sparsecircuits tasks list|show` and `sparsecircuits eval`."""
+"""`sparsecircuits tasks list|show|mine` and `sparsecircuits eval`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sparsecircuits.cli_options import count, device_option, force_option, seed_option
+from sparsecircuits.cli_options import count, device_option, force_option, quiet_option, seed_option
 from sparsecircuits.tasks.base import SPLITS
 from sparsecircuits.tasks.registry import all_tasks, get_task
 
@@ -15,6 +15,7 @@ MARK = "⟨?⟩"
 MAX_SHOW = 1000  # pairs printed by `tasks show`
 MAX_EVAL_PAIRS = 65_536  # pairs per task for `eval` (far above what a pool holds distinct)
 MAX_VAL_BATCHES = 100_000
+MINE_MAX_PER_TASK, MINE_MAX_FILES = 200, 5000  # tasks.mine's defaults (not imported: it pulls in torch)
 
 
 def _shown(s: str) -> str:
@@ -52,6 +53,54 @@ def show(name: str, n: int, split: str, seed: int) -> None:
         click.echo()
 
 
+@tasks.command("mine")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder or .py file to mine (repeatable) [default: this interpreter's site-packages].",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="JSONL file to write.")
+@click.option(
+    "--task", "task_names", multiple=True, help="Task name (repeatable); default every minable task."
+)
+@click.option(
+    "--max-per-task",
+    default=MINE_MAX_PER_TASK,
+    show_default=True,
+    type=count(1, 1_000_000),
+    help="Instances per task.",
+)
+@click.option(
+    "--max-files", default=MINE_MAX_FILES, show_default=True, type=count(1), help="Files read at most."
+)
+@force_option("Overwrite an existing --out file.")
+@quiet_option()
+def mine_cmd(sources, out, task_names, max_per_task, max_files, force, quiet) -> None:
+    """Find natural instances of the tasks in real Python files (see docs/tasks.md)."""
+    from collections import Counter
+
+    from sparsecircuits.data.corpus import CorpusStats
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.io import check_output_file
+    from sparsecircuits.tasks import mine
+
+    check_output_file(out, force, "--out file")
+    sources = list(sources) or mine.default_natural_sources()
+    stats = CorpusStats()
+    records = mine.mine(sources, list(task_names) or None, max_per_task, max_files, not quiet, stats=stats)
+    if not records:
+        raise UserError(f"no natural instances found in {', '.join(map(str, sources))}")
+    mine.write_mined(out, records)
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items())) or "none"
+    click.echo(f"read {stats.files_kept} of {stats.files_seen} files (skipped: {skipped})")
+    for name, recs in mine.group_by_task(records).items():
+        sides = ", ".join(f"{_shown(c)} {n}" for c, n in Counter(r["correct"] for r in recs).items())
+        click.echo(f"{name:28s} {len(recs):5d}  ({sides})")
+    click.echo(f"wrote {len(records)} instances to {out}")
+
+
 def _pretrain_loss(run, val_batches: int) -> tuple[float | None, str]:
     """(validation loss, note) of the run's model on its pretraining data, or (None, why not)."""
     from sparsecircuits.train.evaluate import validation_loss
@@ -67,6 +116,29 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"{r['task']:28s} {r['loss']:8.4f} {r['acc']:7.3f} {r['logit_diff']:11.3f}")
     return "\n".join(lines)
+
+
+def _mined_prompts(path: Path, task_names: tuple[str, ...]) -> dict[str, list[dict]]:
+    """The records of a `tasks mine` file by task, only the --task ones (each must be in the file) if given."""
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.tasks.mine import read_mined
+
+    mined = read_mined(path)
+    names = list(dict.fromkeys(get_task(n).name for n in task_names)) or list(mined)
+    missing = [n for n in names if n not in mined]
+    if missing:
+        raise UserError(f"{path} has no prompts for task {missing[0]}; it has {', '.join(mined)}")
+    return {n: mined[n] for n in names}
+
+
+def _eval_mined(run, mined: dict[str, list[dict]]) -> list[dict]:
+    """Task metrics of the run's model on each task's mined prompts (tasks.mine.evaluate_mined)."""
+    from tqdm import tqdm
+
+    from sparsecircuits.tasks.mine import evaluate_mined
+
+    items = tqdm(mined.items(), desc="tasks", file=sys.stderr, disable=len(mined) < 2)
+    return [evaluate_mined(run.model, run.tokenizer, name, recs) for name, recs in items]
 
 
 @click.command("eval")
@@ -91,7 +163,16 @@ def _table(rows: list[dict]) -> str:
 @device_option()
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results here.")
 @force_option("Overwrite an existing --json file.")
-def eval_cmd(run_path, task_names, n_pairs, split, seed, val_batches, device, json_path, force) -> None:
+@click.option(
+    "--prompts",
+    "prompts_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Score natural prompts from a `tasks mine` JSONL file instead of generated pairs.",
+)
+def eval_cmd(
+    run_path, task_names, n_pairs, split, seed, val_batches, device, json_path, force, prompts_path
+) -> None:
     """Task loss, accuracy and logit difference on every task, plus the pretraining validation loss.
 
     Task loss is the binary cross-entropy of correct vs wrong token, averaged over prompts (the authors'
@@ -105,12 +186,19 @@ def eval_cmd(run_path, task_names, n_pairs, split, seed, val_batches, device, js
     from sparsecircuits.train.distributed import resolve_device
 
     selected = [get_task(name) for name in task_names] or all_tasks()
+    mined = _mined_prompts(prompts_path, task_names) if prompts_path else None
     if json_path:
         check_output_file(json_path, force, "--json file")
     run = load_run(run_path, device=resolve_device(device))
-    rows = []
-    for task in tqdm(selected, desc="tasks", file=sys.stderr, disable=len(selected) < 2):
-        rows.append(evaluate_task(run.model, run.tokenizer, task, n_pairs=n_pairs, split=split, seed=seed))
+    if mined is not None:
+        rows = _eval_mined(run, mined)
+        click.echo(f"natural prompts from {prompts_path} ({sum(r['n'] for r in rows)} prompts)")
+    else:
+        rows = []
+        for task in tqdm(selected, desc="tasks", file=sys.stderr, disable=len(selected) < 2):
+            rows.append(
+                evaluate_task(run.model, run.tokenizer, task, n_pairs=n_pairs, split=split, seed=seed)
+            )
     pretrain, note = _pretrain_loss(run, val_batches)
     click.echo(_table(rows))
     mean = sum(r["loss"] for r in rows) / len(rows)
@@ -124,6 +212,7 @@ def eval_cmd(run_path, task_names, n_pairs, split, seed, val_batches, device, js
             json_path,
             {
                 "model": str(run.path),
+                "prompts": None if prompts_path is None else str(prompts_path),
                 "split": split,
                 "n_pairs": n_pairs,
                 "seed": seed,

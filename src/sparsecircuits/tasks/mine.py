@@ -45,7 +45,7 @@ from sparsecircuits.data.corpus import MAX_FILE_BYTES, CorpusStats, check_source
 from sparsecircuits.data.tokenizer import EOT, SPLIT_PATTERN
 from sparsecircuits.errors import UserError
 from sparsecircuits.io import atomic_write_text
-from sparsecircuits.tasks.evaluate import TaskBatch
+from sparsecircuits.tasks.evaluate import TaskBatch, candidate_logits, task_metrics
 from sparsecircuits.tasks.registry import get_task
 from sparsecircuits.tasks.tokens import check_tokenizer
 
@@ -505,6 +505,14 @@ def mine(
     return [rec for name in names for _, _, rec in sorted(found[name], key=lambda f: f[:2])]
 
 
+def group_by_task(records: Iterable[dict]) -> dict[str, list[dict]]:
+    """Task name -> its records, tasks in the order they first appear."""
+    out: dict[str, list[dict]] = {}
+    for rec in records:
+        out.setdefault(rec["task"], []).append(rec)
+    return out
+
+
 def write_mined(path: str | Path, records: list[dict]) -> None:
     """Write records as JSON lines, atomically."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -542,7 +550,7 @@ def read_mined(path: str | Path) -> dict[str, list[dict]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"prompts file not found: {path}")
-    out: dict[str, list[dict]] = {}
+    records = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
@@ -558,10 +566,10 @@ def read_mined(path: str | Path) -> dict[str, list[dict]]:
             rec = _check_record(rec, f"{path}:{i}")
         except UserError as e:
             raise UserError(str(e) if str(e).startswith(f"{path}:") else f"{path}:{i}: {e}") from None
-        out.setdefault(rec["task"], []).append(rec)
-    if not out:
+        records.append(rec)
+    if not records:
         raise UserError(f"prompts file has no records: {path}")
-    return out
+    return group_by_task(records)
 
 
 def encode_mined(task: str, records: list[dict], tokenizer: Tokenizer, n_ctx: int) -> TaskBatch:
@@ -603,6 +611,18 @@ def encode_mined(task: str, records: list[dict], tokenizer: Tokenizer, n_ctx: in
         wrong=torch.tensor([single[r["wrong"]] for r in records], dtype=torch.long),
         pair=torch.arange(len(rows), dtype=torch.long),
     )
+
+
+@torch.no_grad()
+def evaluate_mined(
+    model, tokenizer: Tokenizer, task: str, records: list[dict], chunk: int = 256, **metric_options
+) -> dict:
+    """Task metrics (tasks.evaluate.task_metrics, its options passed through) of `model` on mined records of
+    `task`, plus task and "prompts": "natural". The model reads at most its `cfg.n_ctx` tokens (default 256)."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", 256)
+    batch = encode_mined(task, records, tokenizer, n_ctx)
+    metrics = task_metrics(candidate_logits(model, batch, chunk), **metric_options)
+    return {"task": get_task(task).name, "prompts": "natural", **metrics}
 
 
 def default_natural_sources() -> list[Path]:
