@@ -1,7 +1,7 @@
 """The joint-training loss of a sparse model and its bridges against a frozen dense model (PAPER.md 11.3).
 
 Every pass is the models' one forward (model/gpt.py) with hooks:
-  - clean passes read the residual at every site with read-only hooks (`read_sites`);
+  - clean passes read the residual at every site (`read_sites`, through `GPT.run_with_cache`);
   - hybrid passes replace the residual at one site and run the rest of the model on it
     (`hybrid_logits`). The prefix before the site is recomputed and its result discarded: simple
     and exact, at the cost of some compute.
@@ -34,18 +34,11 @@ NMSE_EPS = 1e-12
 
 
 def read_sites(model: GPT, idx: Tensor, sites: Sequence[str]) -> tuple[Tensor, list[Tensor]]:
-    """Plain forward with read-only hooks. idx [B, T] -> (logits [B, T, V], residual at each site [B, T, d])."""
-    acts: dict[str, Tensor] = {}
+    """Plain forward, read at the sites. idx [B, T] -> (logits [B, T, V], residual at each site [B, T, d]).
 
-    def reader(site: str):
-        def read(x: Tensor) -> None:
-            acts[site] = x
-
-        return read
-
-    with model.hooks({site: reader(site) for site in sites}):
-        logits = model(idx)
-    return logits, [acts[site] for site in sites]
+    Nothing is detached: gradients flow into both the logits and the site residuals."""
+    cache = model.run_with_cache(idx, [*sites, "logits"])
+    return cache["logits"], [cache[site] for site in sites]
 
 
 def hybrid_logits(
@@ -118,8 +111,3 @@ def total_loss(terms: dict[str, Tensor], cfg: BridgeConfig) -> Tensor:
         "kl_sd": cfg.coef_kl_sd,
     }
     return sum(coef[name] * terms[name].sum() for name in TERMS if name in terms)
-
-
-def summarize(terms: dict[str, Tensor]) -> dict[str, float]:
-    """Loss terms as plain floats, per-site terms summed over sites (one host sync per term)."""
-    return {name: float(value.detach().sum()) for name, value in terms.items()}

@@ -40,11 +40,14 @@ from sparsecircuits.bridges.modules import Bridges
 from sparsecircuits.circuits.nodes import parse_node_name
 from sparsecircuits.errors import UserError
 from sparsecircuits.io import atomic_write
-from sparsecircuits.model.config import NODE_LOCATIONS, ModelConfig
+from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.gpt import GPT
+from sparsecircuits.model.locations import NODE_LOCATIONS, NODE_TABLE, RESIDUAL_READ
 from sparsecircuits.tasks.evaluate import TaskBatch
 
-RESIDUAL_READS = {"attn.act_in": "resid_in", "mlp.act_in": "resid_mid"}
+# Residual-read location -> the residual hook it reads, which is its bridge site: attn.act_in -> resid_in, ...
+RESIDUAL_READS = {loc.hook: loc.reads_from for loc in NODE_TABLE if loc.kind == RESIDUAL_READ}
+READS_TEXT = " or ".join(RESIDUAL_READS)  # "attn.act_in or mlp.act_in", for messages
 RMS_RATIOS = ("none", "dense-over-sparse")
 DEFAULT_STRENGTHS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -68,15 +71,15 @@ def resolve_node(name: str, cfg: ModelConfig) -> SteerNode:
     if kind not in RESIDUAL_READS:
         raise UserError(
             f"node {name!r} is not a residual read: bridges map the residual stream, so steering needs an "
-            f"attn.act_in or mlp.act_in node (e.g. {layer_text}.attn.act_in.0)"
+            f"{READS_TEXT} node (e.g. {layer_text}.{next(iter(RESIDUAL_READS))}.0)"
         )
     if channel >= cfg.d_model:
         raise UserError(
             f"node {name!r} is a position channel (index >= d_model {cfg.d_model}), not a residual channel"
         )
     layer = int(layer_text)
-    is_mlp = kind == "mlp.act_in"
-    return SteerNode(name, location, channel, layer, f"{layer}.{RESIDUAL_READS[kind]}", 2 * layer + is_mlp)
+    site_index = len(RESIDUAL_READS) * layer + list(RESIDUAL_READS).index(kind)
+    return SteerNode(name, location, channel, layer, f"{layer}.{RESIDUAL_READS[kind]}", site_index)
 
 
 def norm_gain(model: GPT, node: SteerNode) -> float:
@@ -107,18 +110,9 @@ class SteerCases:
 
 @torch.no_grad()
 def node_activations(model: GPT, tokens: Tensor, locations: list[str]) -> dict[str, Tensor]:
-    """Activations at node locations for every prompt: location -> [N, T, width] (read-only hooks)."""
-    acts: dict[str, Tensor] = {}
-
-    def reader(loc: str):
-        def read(x: Tensor) -> None:
-            acts[loc] = x.float()
-
-        return read
-
-    with model.hooks({loc: reader(loc) for loc in locations}):
-        model(tokens)
-    return acts
+    """Activations at node locations for every prompt [N, T]: location -> float [N, T, width]."""
+    last = max(locations, key=model.hook_names().index)
+    return {loc: x.float() for loc, x in model.run_with_cache(tokens, locations, stop_at=last).items()}
 
 
 def shared_prefix(a: Tensor, b: Tensor) -> int:
@@ -247,7 +241,6 @@ def target_probs(
 
 
 CURVES = ("steer", "random", "all_channels", "sparse_steer")  # P(target) against strength
-LEVELS = ("none", "dense_on_counterfactual")  # P(target) without steering
 
 
 @dataclass
@@ -387,7 +380,7 @@ def pick_node(
 
     Delta_pre = Delta * rms_s / gain (pre-norm units), so nodes of different sites compare fairly."""
     if not nodes:
-        raise UserError("no residual-read node (attn.act_in or mlp.act_in) to choose from")
+        raise UserError(f"no residual-read node ({READS_TEXT}) to choose from")
     device = next(sparse.parameters()).device
     locations = sorted({n.location for n in nodes})
     acts = node_activations(sparse, batch.tokens.to(device), locations)
@@ -475,13 +468,13 @@ def _candidates(node: str | None, circuit: dict | None, circuit_path: Any, spars
             raise UserError(f"{circuit_path} was pruned from another model (content hash differs)")
         nodes = residual_read_nodes(list(circuit["nodes"]), cfg)
         if not nodes:
-            raise UserError(f"{circuit_path} has no residual-read node (attn.act_in or mlp.act_in) to steer")
+            raise UserError(f"{circuit_path} has no residual-read node ({READS_TEXT}) to steer")
         return nodes
     assert node is not None
     layer, _, loc = node.partition(".")
     if layer.isdigit() and loc in NODE_LOCATIONS:  # a location: every channel, if it is a residual read
         if loc not in RESIDUAL_READS:
-            raise UserError(f"{node!r} is not a residual read: steering needs attn.act_in or mlp.act_in")
+            raise UserError(f"{node!r} is not a residual read: steering needs {READS_TEXT}")
         if int(layer) >= cfg.n_layer:
             raise UserError(f"location {node!r}: layer {layer} out of range (n_layer {cfg.n_layer})")
         return location_nodes(node, cfg)

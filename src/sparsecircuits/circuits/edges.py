@@ -8,7 +8,8 @@ DESIGN.md "Edges"). Per layer l, with nn.Linear orientation W[out, in]:
     {l}.mlp.act_in.i     -> {l}.mlp.post_act.n           mlp.c_fc.weight[n, i]
     {l}.mlp.post_act.n   -> {l}.mlp.resid_delta.o        mlp.c_proj.weight[o, n]
 
-(section 0, 1, 2 for q, k, v). Read channels i >= d_model (positions under pos_emb "concat") are nodes
+(section 0, 1, 2 for q, k, v). This table is derived from the `weight_in` / `weight_out` columns of the
+location table (model/locations.py, `weight_matrices`). Read channels i >= d_model (positions under pos_emb "concat") are nodes
 like any other, and their weights give edges in the same way.
 
 Reported separately, never counted as edges:
@@ -43,29 +44,23 @@ from torch import Tensor
 
 from sparsecircuits.circuits.nodes import NodeSet, count_nodes, nodes_by_location, validate_nodes
 from sparsecircuits.errors import UserError
-from sparsecircuits.model.config import NODE_LOCATIONS, ModelConfig
+from sparsecircuits.model.config import ModelConfig
+from sparsecircuits.model.locations import (
+    NODE_LOCATIONS,
+    RESIDUAL_READ,
+    RESIDUAL_WRITE,
+    WeightMatrix,
+    locations_of,
+    weight_matrices,
+)
 
 Edge = tuple[str, str, float | None]  # (src node name, dst node name, weight or None)
 
 
-@dataclass(frozen=True)
-class _Matrix:
-    """One weight matrix of a layer: its rows are the dst locations stacked, its columns the src location."""
-
-    param: str  # parameter name inside `transformer.h.{l}.`
-    src: str  # location of the columns
-    dst: tuple[str, ...]  # locations of the rows, stacked in this order
-
-
 # Forward order of their source locations, so edges come out sorted by source node.
-MATRICES: tuple[_Matrix, ...] = (
-    _Matrix("attn.c_attn.weight", "attn.act_in", ("attn.q", "attn.k", "attn.v")),
-    _Matrix("attn.c_proj.weight", "attn.v", ("attn.resid_delta",)),
-    _Matrix("mlp.c_fc.weight", "mlp.act_in", ("mlp.post_act",)),
-    _Matrix("mlp.c_proj.weight", "mlp.post_act", ("mlp.resid_delta",)),
-)
-READ_LOCATIONS = ("attn.act_in", "mlp.act_in")
-WRITE_LOCATIONS = ("attn.resid_delta", "mlp.resid_delta")
+MATRICES: tuple[WeightMatrix, ...] = weight_matrices()
+READ_LOCATIONS = locations_of(RESIDUAL_READ)
+WRITE_LOCATIONS = locations_of(RESIDUAL_WRITE)
 
 
 @dataclass
@@ -166,7 +161,7 @@ def _matrix_edges(
     cfg: ModelConfig,
     nodes: NodeSet,
     layer: int,
-    matrix: _Matrix,
+    matrix: WeightMatrix,
     with_weights: bool,
 ) -> list[Edge]:
     """Edges through one weight matrix, sorted by source index then row (q rows before k before v).
@@ -190,7 +185,9 @@ def _matrix_edges(
     ]
 
 
-def _end_indices(nodes: NodeSet, layer: int, matrix: _Matrix, device: torch.device) -> tuple[Tensor, Tensor]:
+def _end_indices(
+    nodes: NodeSet, layer: int, matrix: WeightMatrix, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """(row indices [n_rows], column indices [n_cols]), ascending, of one matrix's dst and src circuit nodes."""
     dst = torch.cat([nodes[f"{layer}.{loc}"] for loc in matrix.dst]).to(device)
     src = nodes[f"{layer}.{matrix.src}"].to(device)
@@ -202,7 +199,7 @@ def _submatrix(weight: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return weight[rows[:, None], cols[None, :]]
 
 
-def _weight(params: Mapping[str, Tensor], cfg: ModelConfig, layer: int, matrix: _Matrix) -> Tensor:
+def _weight(params: Mapping[str, Tensor], cfg: ModelConfig, layer: int, matrix: WeightMatrix) -> Tensor:
     """The weight [rows, cols] of one matrix, checked against the shape cfg implies."""
     name = f"transformer.h.{layer}.{matrix.param}"
     if name not in params:

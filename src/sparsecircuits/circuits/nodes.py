@@ -17,21 +17,17 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.errors import UserError
-from sparsecircuits.model.config import NODE_LOCATIONS, ModelConfig
+from sparsecircuits.model.config import ModelConfig
+from sparsecircuits.model.locations import HEAD_CHANNEL, NODE_LOCATIONS, locations_of, node_locations
 
 NodeSet = dict[str, Tensor]  # location hook name -> bool mask [location width]
 
-HEAD_LOCATIONS = ("attn.q", "attn.k", "attn.v")  # flat index = head * d_head + channel
+HEAD_LOCATIONS = locations_of(HEAD_CHANNEL)  # flat index = head * d_head + channel
 _INDEX = re.compile(r"[0-9]+")
 _HEAD_INDEX = re.compile(r"head([0-9]+)\.ch([0-9]+)")
 
 
 # ---- locations --------------------------------------------------------------------------------------
-
-
-def node_locations(cfg: ModelConfig) -> list[str]:
-    """Every node location hook name in forward order: "0.attn.act_in", ..., "{L-1}.mlp.resid_delta"."""
-    return [f"{l}.{loc}" for l in range(cfg.n_layer) for loc in NODE_LOCATIONS]
 
 
 def location_order(location: str) -> tuple[int, int]:

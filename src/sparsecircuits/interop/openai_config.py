@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sparsecircuits.errors import UserError
-from sparsecircuits.model.config import NODE_LOCATIONS
+from sparsecircuits.model.locations import NODE_LOCATIONS, NODE_TABLE
 
 CONFIG_FILE = "beeg_config.json"
 
@@ -63,17 +63,8 @@ TRAINING_ONLY = (
     "bigram_table_rank",
 )
 
-# Their AbsTopK location names -> our node locations.
-AFRAC_LOCATIONS: dict[str, str] = {
-    "attn_in": "attn.act_in",
-    "attn_q": "attn.q",
-    "attn_k": "attn.k",
-    "attn_v": "attn.v",
-    "attn_out": "attn.resid_delta",
-    "mlp_in": "mlp.act_in",
-    "mlp_neuron": "mlp.post_act",
-    "mlp_out": "mlp.resid_delta",
-}
+# Their AbsTopK location names -> our node locations ("attn_in" -> "attn.act_in", ...; model/locations.py).
+AFRAC_LOCATIONS: dict[str, str] = {loc.authors: loc.hook for loc in NODE_TABLE if loc.authors}
 # AbsTopK on the residual stream itself: no node location of ours.
 UNSUPPORTED_LOCATIONS = ("resid_post_attn", "resid_post_mlp")
 

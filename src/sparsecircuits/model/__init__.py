@@ -1,8 +1,9 @@
 """The sparse GPT: config, the one forward pass with hook points, and AbsTopK."""
 
 from sparsecircuits.model.abstopk import abstopk, abstopk_reference
-from sparsecircuits.model.config import NODE_LOCATIONS, ModelConfig
-from sparsecircuits.model.gpt import GPT, LAYER_HOOKS, attention_probs
+from sparsecircuits.model.config import ModelConfig
+from sparsecircuits.model.gpt import GPT, attention_probs
+from sparsecircuits.model.locations import LAYER_HOOKS, NODE_LOCATIONS
 
 __all__ = [
     "GPT",

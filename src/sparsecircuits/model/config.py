@@ -7,18 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparsecircuits.errors import UserError, reject_unknown_keys
-
-# Node locations inside one layer, in forward order. A node is `{layer}.{location}.{index}` (DESIGN.md).
-NODE_LOCATIONS: tuple[str, ...] = (
-    "attn.act_in",
-    "attn.q",
-    "attn.k",
-    "attn.v",
-    "attn.resid_delta",
-    "mlp.act_in",
-    "mlp.post_act",
-    "mlp.resid_delta",
-)
+from sparsecircuits.model.locations import NODE_LOCATIONS, node_location
 
 POS_EMB_KINDS = ("none", "add", "concat")
 ACTIVATIONS = ("gelu", "relu")
@@ -67,19 +56,7 @@ class ModelConfig:
 
     def location_width(self, loc: str) -> int:
         """Width of a per-layer node location such as "attn.q" (layer prefix not included)."""
-        widths = {
-            "attn.act_in": self.d_in,
-            "attn.q": self.d_attn,
-            "attn.k": self.d_attn,
-            "attn.v": self.d_attn,
-            "attn.resid_delta": self.d_model,
-            "mlp.act_in": self.d_in,
-            "mlp.post_act": self.d_mlp,
-            "mlp.resid_delta": self.d_model,
-        }
-        if loc not in widths:
-            raise UserError(f"unknown node location {loc!r}; expected one of {', '.join(NODE_LOCATIONS)}")
-        return widths[loc]
+        return node_location(loc).width(self)
 
     def topk_k(self, loc: str) -> int | None:
         """AbsTopK k at a node location, or None where AbsTopK is off (not enabled there, or afrac 1)."""

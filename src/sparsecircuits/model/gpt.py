@@ -14,7 +14,8 @@ Per layer l the forward visits these hook points, in order:
 
 then `final_resid` (before ln_f, [B, T, d_model]) and `logits` ([B, T, vocab], float32). Each hook
 sees the value after AbsTopK, so masks and mean ablation act on node values. Flat q/k/v index is
-head * d_head + channel.
+head * d_head + channel. The hook names, their order and widths are the table in model/locations.py
+(a test checks it against the hooks this forward fires); `GPT.run_with_cache` reads them.
 
 Parameter names follow DESIGN.md (the authors' state dict). With pos_emb == "concat" each block
 also has `ln_p1.weight` and `ln_p2.weight` [d_pos_emb]: the RMSNorms of the position channels that
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -36,25 +37,18 @@ from torch import Tensor, nn
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import sink_attention
 from sparsecircuits.model.abstopk import abstopk
-from sparsecircuits.model.config import NODE_LOCATIONS, ModelConfig
+from sparsecircuits.model.config import ModelConfig
+from sparsecircuits.model.locations import NODE_LOCATIONS, hook_location, hook_names, node_locations
 
 HookFn = Callable[[Tensor], "Tensor | None"]
 
-# Hook points inside one layer, in forward order.
-LAYER_HOOKS: tuple[str, ...] = (
-    "resid_in",
-    "attn.act_in",
-    "attn.q",
-    "attn.k",
-    "attn.v",
-    "attn.pattern",
-    "attn.resid_delta",
-    "resid_mid",
-    "mlp.act_in",
-    "mlp.post_act",
-    "mlp.resid_delta",
-)
-FINAL_HOOKS: tuple[str, ...] = ("final_resid", "logits")
+
+class _StopForward(Exception):
+    """Raised by run_with_cache's hook at stop_at and caught there: never seen by a caller."""
+
+
+def _stop_forward(_x: Tensor) -> None:
+    raise _StopForward
 
 
 class _HookScope:
@@ -77,6 +71,12 @@ class _HookScope:
 
 def _sparsify(x: Tensor, k: int | None) -> Tensor:
     return x if k is None else abstopk(x, k)
+
+
+def _topk_ks(cfg: ModelConfig, block: str) -> dict[str, int | None]:
+    """AbsTopK k of each node location of a block ("attn" or "mlp"), keyed by the name inside the block."""
+    prefix = block + "."
+    return {loc[len(prefix) :]: cfg.topk_k(loc) for loc in NODE_LOCATIONS if loc.startswith(prefix)}
 
 
 class RMSNorm(nn.Module):
@@ -126,7 +126,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.d_in, 3 * cfg.d_attn, bias=cfg.bias)  # rows: q, then k, then v
         self.c_proj = nn.Linear(cfg.d_attn, cfg.d_model, bias=cfg.bias)
         self.attn_imp = AttentionSink(cfg.n_head) if cfg.sink else None
-        self.topk = {loc: cfg.topk_k(f"attn.{loc}") for loc in ("act_in", "q", "k", "v", "resid_delta")}
+        self.topk = _topk_ks(cfg, "attn")
 
     def forward(self, x: Tensor, hook: _HookScope) -> Tensor:
         """x: normalised input [B, T, d_in] -> residual write [B, T, d_model]."""
@@ -169,7 +169,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.d_in, cfg.d_mlp, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
         self.act = F.gelu if cfg.activation == "gelu" else F.relu  # exact (erf) GELU
-        self.topk = {loc: cfg.topk_k(f"mlp.{loc}") for loc in ("act_in", "post_act", "resid_delta")}
+        self.topk = _topk_ks(cfg, "mlp")
 
     def forward(self, x: Tensor, hook: _HookScope) -> Tensor:
         """x: normalised input [B, T, d_in] -> residual write [B, T, d_model]."""
@@ -231,8 +231,8 @@ class GPT(nn.Module):
         self.final_logits_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.final_logits_bias else None
 
         self._hooks: dict[str, list[HookFn]] = {}
-        self._hook_names = [f"{l}.{s}" for l in range(cfg.n_layer) for s in LAYER_HOOKS] + list(FINAL_HOOKS)
-        self._hook_name_set = frozenset(self._hook_names)
+        self._hook_names = hook_names(cfg)
+        self._hook_order = {name: i for i, name in enumerate(self._hook_names)}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -284,27 +284,23 @@ class GPT(nn.Module):
     # ---- hooks ---------------------------------------------------------------------------------
 
     def hook_names(self) -> list[str]:
-        """Every hook point, in forward order: per-layer LAYER_HOOKS, then final_resid and logits."""
+        """Every hook point, in forward order: per-layer LAYER_HOOKS, then final_resid and logits.
+
+        The order and names come from the table in model/locations.py (tested against the hooks fired)."""
         return list(self._hook_names)
 
     def node_locations(self) -> list[str]:
         """Hook names that are node locations, e.g. "0.attn.act_in", ..., "3.mlp.resid_delta"."""
-        return [f"{l}.{loc}" for l in range(self.cfg.n_layer) for loc in NODE_LOCATIONS]
+        return node_locations(self.cfg)
 
     def location_width(self, name: str) -> int:
         """Last-dim width of the activation at a hook point. `{l}.attn.pattern` has none ([B, H, T, T])."""
-        if name not in self._hook_name_set:
+        if name not in self._hook_order:
             raise UserError(f"unknown hook name {name!r}")
-        if name == "final_resid":
-            return self.cfg.d_model
-        if name == "logits":
-            return self.cfg.vocab_size
-        loc = name.split(".", 1)[1]
-        if loc in ("resid_in", "resid_mid"):
-            return self.cfg.d_model
-        if loc == "attn.pattern":
+        location = hook_location(name)
+        if location.width_of is None:
             raise UserError(f"{name} has shape [B, n_head, T, T], not a fixed width")
-        return self.cfg.location_width(loc)
+        return location.width(self.cfg)
 
     @contextmanager
     def hooks(self, fns: Mapping[str, HookFn]) -> Iterator[None]:
@@ -319,7 +315,7 @@ class GPT(nn.Module):
         comes from the fused kernel, so read-only hooks leave the logits bit-identical. Return a new
         tensor to patch the pattern (and to get gradients through it); in-place edits there are ignored.
         """
-        unknown = [name for name in fns if name not in self._hook_name_set]
+        unknown = [name for name in fns if name not in self._hook_order]
         if unknown:
             raise UserError(f"unknown hook name(s): {', '.join(unknown)} (see GPT.hook_names())")
         not_callable = [name for name, fn in fns.items() if not callable(fn)]
@@ -341,6 +337,47 @@ class GPT(nn.Module):
         del fns[last]
         if not fns:
             del self._hooks[name]
+
+    def run_with_cache(
+        self, idx: Tensor, names: Sequence[str], stop_at: str | None = None
+    ) -> dict[str, Tensor]:
+        """Run the forward on idx [B, T] and return the activations at the hook points `names`.
+
+        Returns {name: activation} in the order of `names`: the tensor each hook point sees (after AbsTopK,
+        and after any hook installed with `hooks` at that point). Shapes: [B, T, width] at node locations and
+        residual hooks (`location_width`), [B, n_head, T, T] float32 at `{l}.attn.pattern`, and at `logits`
+        [B, T, vocab] float32, the forward's output itself. The tensors are neither detached nor copied: run
+        under torch.no_grad() to only read them, or keep their gradients (bridge training does).
+
+        stop_at: a hook name; the forward stops right after it, so later layers and the unembedding are not
+        computed. Every name must come no later than stop_at in the forward (`hook_names()` order). Reading
+        never changes the forward: the logits are bit-identical to `model(idx)`.
+        """
+        names = list(names)
+        if stop_at is not None:
+            if stop_at not in self._hook_order:
+                raise UserError(f"unknown hook name {stop_at!r} for stop_at")
+            late = [n for n in names if self._hook_order.get(n, -1) > self._hook_order[stop_at]]
+            if late:
+                raise UserError(f"run_with_cache: {', '.join(late)} come(s) after stop_at {stop_at!r}")
+        cache: dict[str, Tensor] = {}
+
+        def reader(name: str) -> HookFn:
+            def read(x: Tensor) -> None:
+                cache[name] = x
+
+            return read
+
+        with self.hooks({name: reader(name) for name in names}):
+            if stop_at is None:
+                self(idx)
+            else:
+                with self.hooks({stop_at: _stop_forward}):  # installed last: runs after the readers
+                    try:
+                        self(idx)
+                    except _StopForward:
+                        pass
+        return {name: cache[name] for name in names}
 
     # ---- counts --------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Node detail, computed on demand: what a node responds to in the pretraining corpus and on its task.
 
-All activations come from read-only hooks on the model's one forward (`model.hooks({loc: fn})`), so
-the values are exactly those that pruning saw (after AbsTopK). For a node the server reports:
+All activations are read from the model's one forward with `model.run_with_cache`, so the values are
+exactly those that pruning saw (after AbsTopK). For a node the server reports:
 
 - corpus: activation statistics over `n_windows` validation windows of the run's dataset, with
   snippets (token text and activation per token) at the top and bottom and at several quantiles;
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sparsecircuits.circuits.nodes import parse_node_name
+from sparsecircuits.circuits.nodes import HEAD_LOCATIONS, parse_node_name
 from sparsecircuits.data.shards import eval_starts, open_tokens
 from sparsecircuits.errors import UserError
 from sparsecircuits.run import Run, load_run
@@ -122,39 +122,25 @@ def corpus_windows(run: Run, n_windows: int) -> np.ndarray:
 # ---- activations through hooks -----------------------------------------------------------------------
 
 
-class _Enough(Exception):
-    """Raised by a recording hook to stop the forward once the wanted activation is read."""
-
-
 @torch.no_grad()
 def record(model, tokens: Tensor, location: str, indices: list[int]) -> Tensor:
     """Activations of `indices` at hook `location` for token batch [N, T]. Returns [N, T, len(indices)].
 
-    The hook stops each forward right after `location`, so later layers are not computed.
+    Each forward stops right after `location`, so later layers are not computed.
     """
     out: list[Tensor] = []
     cols = torch.tensor(indices, dtype=torch.long)
-
-    def read(x: Tensor) -> None:
+    for i in range(0, len(tokens), BATCH):
+        x = model.run_with_cache(tokens[i : i + BATCH], [location], stop_at=location)[location]
         out.append(x.detach()[..., cols].float().cpu())
-        raise _Enough
-
-    with model.hooks({location: read}):
-        for i in range(0, len(tokens), BATCH):
-            try:
-                model(tokens[i : i + BATCH])
-            except _Enough:
-                pass
     return torch.cat(out) if out else torch.zeros(0, tokens.shape[1], len(indices))
 
 
 @torch.no_grad()
 def attention_pattern(model, tokens: Tensor, layer: int) -> Tensor:
     """Attention probabilities of every head of `layer` on one prompt [1, T]. Returns [n_head, T, T]."""
-    out: list[Tensor] = []
-    with model.hooks({f"{layer}.attn.pattern": lambda p: out.append(p.detach().float().cpu())}):
-        model(tokens)
-    return out[0][0]
+    name = f"{layer}.attn.pattern"
+    return model.run_with_cache(tokens, [name], stop_at=name)[name].detach().float().cpu()[0]
 
 
 # ---- corpus snippets ----------------------------------------------------------------------------------
@@ -316,7 +302,7 @@ class NodeDetails:
         corpus = self._corpus(location, indices)
         tasks, prompts = self._task(location, indices, task)
         layer, loc = int(location.split(".", 1)[0]), location.split(".", 1)[1]
-        pattern = self._pattern(layer, prompts, corpus) if loc in ("attn.q", "attn.k", "attn.v") else None
+        pattern = self._pattern(layer, prompts, corpus) if loc in HEAD_LOCATIONS else None
         for j, i in enumerate(indices):
             detail: dict[str, Any] = {"node": f"{location}.{i}", "location": location, "index": i}
             detail["corpus"] = corpus[j] if isinstance(corpus, list) else {"error": corpus}

@@ -8,30 +8,41 @@ Residual reads and writes sit in one column per residual channel, shared by ever
 link (a write feeding a later read of the same channel) is a vertical line. Q/K/V channels and MLP
 neurons are packed in index order and centred; q/k/v are grouped by head. Rows and layers without
 nodes are left out. Edges are sorted by |weight|, strongest first, so a client can draw the first N.
+
+Rows, labels, colours and kinds come from the location table (model/locations.py); the graph JSON carries
+them (`locations`, `legend`), so the browser view and the SVG export keep no copy of their own.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from sparsecircuits.model.config import ModelConfig
-
-NODE_NAME = re.compile(
-    r"^(\d+)\.(attn\.(?:act_in|q|k|v|resid_delta)|mlp\.(?:act_in|post_act|resid_delta))\.(\d+)$"
+from sparsecircuits.model.locations import (
+    HEAD_CHANNEL,
+    LOCATIONS,
+    NODE_KINDS,
+    NODE_TABLE,
+    RESIDUAL_READ,
+    RESIDUAL_WRITE,
+    locations_of,
+    split_node_name,
 )
-ROWS = ("attn.act_in", "attn.qkv", "attn.resid_delta", "mlp.act_in", "mlp.post_act", "mlp.resid_delta")
-ROW_LABELS = {
-    "attn.act_in": "attn read",
-    "attn.qkv": "q · k · v",
-    "attn.resid_delta": "attn write",
-    "mlp.act_in": "mlp read",
-    "mlp.post_act": "mlp neurons",
-    "mlp.resid_delta": "mlp write",
-}
-RESIDUAL_LOCS = ("attn.act_in", "attn.resid_delta", "mlp.act_in", "mlp.resid_delta")
-QKV = ("attn.q", "attn.k", "attn.v")
+
+
+def _row_labels() -> dict[str, str]:
+    """Row -> label in layout order; a shared row (q · k · v) joins its locations' labels."""
+    members: dict[str, list[str]] = {}
+    for loc in NODE_TABLE:
+        members.setdefault(loc.row or loc.hook, []).append(loc.label)
+    return {row: " · ".join(labels) for row, labels in members.items()}
+
+
+ROW_LABELS = _row_labels()
+ROWS = tuple(ROW_LABELS)
+RESIDUAL_LOCS = locations_of(RESIDUAL_READ, RESIDUAL_WRITE)
+QKV = locations_of(HEAD_CHANNEL)
 
 DX = 34  # horizontal slot per node
 DY = 62  # vertical distance between rows (grows for wide graphs, so long edges do not lie flat)
@@ -53,7 +64,7 @@ class _Node:
 
     @property
     def row(self) -> str:
-        return "attn.qkv" if self.loc in QKV else self.loc
+        return LOCATIONS[self.loc].row or self.loc
 
 
 def model_config(circuit: dict[str, Any]) -> ModelConfig:
@@ -67,9 +78,9 @@ def parse_nodes(names: list[Any]) -> list[_Node]:
     """Nodes with well-formed flat names (others are skipped: the viewer shows what it can)."""
     nodes = []
     for name in names:
-        m = NODE_NAME.match(name) if isinstance(name, str) else None
-        if m:
-            nodes.append(_Node(name, int(m[1]), m[2], int(m[3])))
+        parts = split_node_name(name)
+        if parts is not None:
+            nodes.append(_Node(name, *parts))
     return nodes
 
 
@@ -103,7 +114,44 @@ def build_graph(circuit: dict[str, Any]) -> dict[str, Any]:
         "residual_links": _pairs(circuit.get("residual_links"), "src", "dst", index),
         "qk_pairs": _pairs(circuit.get("qk_pairs"), "q", "k", index),
         "d_head": cfg.d_head,
+        "locations": locations_json(cfg),
+        "legend": legend_json(),
     }
+
+
+def locations_json(cfg: ModelConfig) -> dict[str, dict[str, Any]]:
+    """Per node location: kind, label, legend word, description, colour, hollow (drawn as a ring: the
+    residual reads) and width (under cfg)."""
+    out = {}
+    for loc in NODE_TABLE:
+        try:
+            width: int | None = loc.width(cfg)
+        except TypeError:  # a config too broken to say (the viewer shows what it can)
+            width = None
+        out[loc.hook] = {
+            "kind": loc.kind,
+            "label": loc.label,
+            "legend": loc.legend,
+            "title": loc.title,
+            "colour": loc.colour,
+            "hollow": loc.kind == RESIDUAL_READ,
+            "width": width,
+        }
+    return out
+
+
+def legend_json() -> list[dict[str, Any]]:
+    """One legend entry per distinct legend word, by kind (reads, heads, neurons, writes): reads are hollow."""
+    entries: dict[str, dict[str, Any]] = {}
+    for kind in NODE_KINDS:
+        for loc in NODE_TABLE:
+            if loc.kind == kind and loc.legend not in entries:
+                entries[loc.legend] = {
+                    "label": loc.legend,
+                    "colour": loc.colour,
+                    "hollow": kind == RESIDUAL_READ,
+                }
+    return list(entries.values())
 
 
 def _rows(nodes: list[_Node]) -> dict[tuple[int, str], list[_Node]]:
@@ -169,7 +217,7 @@ def _row_positions(
 
 def _label(node: _Node, cfg: ModelConfig) -> str:
     if node.loc in QKV:
-        return f"{node.loc[-1]}{node.index % cfg.d_head}"
+        return f"{LOCATIONS[node.loc].label}{node.index % cfg.d_head}"
     return str(node.index)
 
 

@@ -15,10 +15,22 @@ from safetensors import safe_open
 
 from sparsecircuits.errors import UserError
 from sparsecircuits.io import read_json
+from sparsecircuits.model.locations import (
+    LAYER_HOOKS,
+    LOCATIONS,
+    RESIDUAL_READ,
+    RESIDUAL_WRITE,
+    split_node_name,
+    weight_matrices,
+)
 
 SERIES = ("loss", "val_loss", "l0_frac", "nonzero_frac", "lr")
 MAX_POINTS = 600
-LAYER_MATRICES = ("attn.q", "attn.k", "attn.v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+MATRICES = weight_matrices()
+# Columns of the density table: a matrix, or each location of a stacked one (c_attn: attn.q, attn.k, attn.v).
+LAYER_MATRICES = tuple(
+    column for m in MATRICES for column in (m.dst if len(m.dst) > 1 else (m.param.removesuffix(".weight"),))
+)
 GLOBAL_MATRICES = ("transformer.wte.weight", "lm_head.weight", "transformer.wpe.weight", "bigram_table")
 TOP_TOKENS = 10
 
@@ -57,7 +69,7 @@ def _density(t: torch.Tensor) -> dict[str, Any]:
     return {"nonzero": nonzero, "numel": t.numel(), "density": nonzero / max(t.numel(), 1)}
 
 
-def weight_density(path: Path, n_layer: int, d_attn: int) -> dict[str, Any]:
+def weight_density(path: Path, n_layer: int) -> dict[str, Any]:
     """Nonzero fraction of each layer's matrices (c_attn split into q, k, v) and of the global ones."""
     if not path.is_file():
         raise UserError(f"model weights not found: {path}")
@@ -66,14 +78,15 @@ def weight_density(path: Path, n_layer: int, d_attn: int) -> dict[str, Any]:
         keys = set(f.keys())
         for l in range(n_layer):
             row: dict[str, Any] = {}
-            prefix = f"transformer.h.{l}."
-            if prefix + "attn.c_attn.weight" in keys:
-                c_attn = f.get_tensor(prefix + "attn.c_attn.weight")
-                for j, name in enumerate(("attn.q", "attn.k", "attn.v")):
-                    row[name] = _density(c_attn[j * d_attn : (j + 1) * d_attn])
-            for name in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-                if prefix + name + ".weight" in keys:
-                    row[name] = _density(f.get_tensor(prefix + name + ".weight"))
+            for m in MATRICES:
+                name = f"transformer.h.{l}.{m.param}"
+                if name not in keys:
+                    continue
+                weight = f.get_tensor(name)
+                if len(m.dst) > 1:  # rows stacked in equal sections, one per location
+                    row.update({loc: _density(part) for loc, part in zip(m.dst, weight.chunk(len(m.dst)))})
+                else:
+                    row[m.param.removesuffix(".weight")] = _density(weight)
             layers.append(row)
         global_rows = {name: _density(f.get_tensor(name)) for name in GLOBAL_MATRICES if name in keys}
     return {"columns": list(LAYER_MATRICES), "layers": layers, "global": global_rows}
@@ -99,18 +112,18 @@ def embedding_top_tokens(
 def default_channels(circuit: dict[str, Any] | None, d_model: int, n: int = 12) -> list[int]:
     """Channels worth showing first: the circuit's residual reads that no earlier circuit write feeds
     (they carry the token embedding), else all its read channels, else channels 0..n-1."""
-    order = {"attn.act_in": 0, "attn.resid_delta": 1, "mlp.act_in": 2, "mlp.resid_delta": 3}
-    reads, writes = [], []
+    reads: list[tuple[tuple[int, int], int]] = []
+    writes: list[tuple[tuple[int, int], int]] = []
     for name in (circuit or {}).get("nodes") or []:
-        parts = name.split(".") if isinstance(name, str) else []
-        if (
-            len(parts) == 4
-            and parts[0].isdigit()
-            and parts[3].isdigit()
-            and f"{parts[1]}.{parts[2]}" in order
-        ):
-            key, channel = (int(parts[0]), order[f"{parts[1]}.{parts[2]}"]), int(parts[3])
-            (reads if key[1] in (0, 2) else writes).append((key, channel))
+        parts = split_node_name(name)
+        if parts is None:
+            continue
+        layer, loc, channel = parts
+        key = (layer, LAYER_HOOKS.index(loc))  # forward order
+        if LOCATIONS[loc].kind == RESIDUAL_READ:
+            reads.append((key, channel))
+        elif LOCATIONS[loc].kind == RESIDUAL_WRITE:
+            writes.append((key, channel))
     fed = {(key, c) for key, c in reads for wkey, wc in writes if wc == c and wkey < key}
     embedding = sorted({c for key, c in reads if (key, c) not in fed and c < d_model})
     picked = embedding or sorted({c for _, c in reads if c < d_model})
@@ -118,7 +131,7 @@ def default_channels(circuit: dict[str, Any] | None, d_model: int, n: int = 12) 
 
 
 def cached_density(
-    path: Path, n_layer: int, d_attn: int, cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]]
+    path: Path, n_layer: int, cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]]
 ) -> dict[str, Any]:
     """weight_density, recomputed only when the weights file changes (its mtime or size)."""
     if not path.is_file():
@@ -126,7 +139,7 @@ def cached_density(
     stat = path.stat()
     key = (stat.st_mtime_ns, stat.st_size)
     if path not in cache or cache[path][0] != key:
-        cache[path] = (key, weight_density(path, n_layer, d_attn))
+        cache[path] = (key, weight_density(path, n_layer))
     return cache[path][1]
 
 
@@ -137,14 +150,11 @@ def model_panel(run_path: Path, cache: dict | None = None) -> dict[str, Any]:
     if not isinstance(model, dict):
         raise UserError(f"{run_path}/config.json has no model section")
     n_layer = int(model.get("n_layer", 0))
-    d_attn = int(model.get("n_head", 0)) * int(model.get("d_head", 0))
     return {
         "path": str(run_path),
         "config": {
             k: config.get(k) for k in ("model", "train", "data", "preset", "code_version", "bigram_val_loss")
         },
         "metrics": read_metrics(run_path / "metrics.jsonl"),
-        "density": cached_density(
-            run_path / "model.safetensors", n_layer, d_attn, {} if cache is None else cache
-        ),
+        "density": cached_density(run_path / "model.safetensors", n_layer, {} if cache is None else cache),
     }

@@ -1,6 +1,7 @@
 """A static SVG of a circuit graph (the layout of graph.py), for `view --export FILE --out X.svg`.
 
-Looks like the browser view (static/graph.js draws the same layout with the same palette): blue edges
+Looks like the browser view (static/graph.js draws the same layout with the same palette, which both read
+from the graph JSON's `locations`, i.e. the table in model/locations.py): blue edges
 are positive weights, red negative, width grows with |weight|; residual links are faint dashed lines;
 dotted arcs join the query and key channels of a QK pair.
 """
@@ -11,18 +12,6 @@ import math
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-# Keep in step with static/graph.js and static/style.css.
-NODE_COLOURS = {
-    "attn.act_in": "#64748b",
-    "attn.q": "#059669",
-    "attn.k": "#d97706",
-    "attn.v": "#7c3aed",
-    "attn.resid_delta": "#334155",
-    "mlp.act_in": "#64748b",
-    "mlp.post_act": "#db2777",
-    "mlp.resid_delta": "#334155",
-}
-READS = ("attn.act_in", "mlp.act_in")
 POSITIVE, NEGATIVE, UNSIGNED = "#2563eb", "#dc2626", "#64748b"
 FONT = "system-ui, -apple-system, 'Segoe UI', sans-serif"
 HEADER = 44
@@ -142,9 +131,11 @@ def _qk_arcs(graph: dict[str, Any]) -> list[str]:
 
 def _nodes(graph: dict[str, Any]) -> list[str]:
     out = []
+    locations = graph.get("locations", {})
     for n in graph["nodes"]:
-        colour = NODE_COLOURS.get(n["loc"], "#334155")
-        fill = "#ffffff" if n["loc"] in READS else colour
+        loc = locations.get(n["loc"], {})
+        colour = loc.get("colour", "#334155")
+        fill = "#ffffff" if loc.get("hollow") else colour
         effect = n["info"].get("ablation_effect")
         title = n["display"] + ("" if effect is None else f" (ablation effect {effect:.4g})")
         out.append(

@@ -1,32 +1,16 @@
 // The circuit graph: SVG drawing of the layout computed by the server (viewer/graph.py), hover and
 // selection, an edge filter, and the node summary (name, ablation effect, edges). Shared by the app
-// and by exported HTML pages. Colours match viewer/svg.py.
+// and by exported HTML pages. Node colours, labels and the legend come in the graph JSON
+// (graph.locations, graph.legend: the table in model/locations.py), as for viewer/svg.py.
 "use strict";
 (function (SC) {
   const h = (...a) => SC.h(...a);
   const s = (...a) => SC.s(...a);
 
-  SC.NODE_COLOURS = {
-    "attn.act_in": "#64748b",
-    "attn.q": "#059669",
-    "attn.k": "#d97706",
-    "attn.v": "#7c3aed",
-    "attn.resid_delta": "#334155",
-    "mlp.act_in": "#64748b",
-    "mlp.post_act": "#db2777",
-    "mlp.resid_delta": "#334155",
-  };
-  SC.LOC_NAMES = {
-    "attn.act_in": "attention read of a residual channel",
-    "attn.q": "attention query channel",
-    "attn.k": "attention key channel",
-    "attn.v": "attention value channel",
-    "attn.resid_delta": "attention write to a residual channel",
-    "mlp.act_in": "MLP read of a residual channel",
-    "mlp.post_act": "MLP neuron",
-    "mlp.resid_delta": "MLP write to a residual channel",
-  };
-  const READS = new Set(["attn.act_in", "mlp.act_in"]);
+  /** The graph JSON's entry for a node's location (colour, title, hollow), with fallbacks. */
+  const locOf = (graph, n) => ((graph.locations || {})[n.loc]) || {};
+  SC.nodeColour = (graph, n) => locOf(graph, n).colour || "#334155";
+  SC.locTitle = (graph, n) => locOf(graph, n).title || n.loc;
   const FONT = "system-ui, -apple-system, 'Segoe UI', sans-serif";
   const EDGE_CAPS = [200, 500, 1000, 2000, 5000, 20000];
 
@@ -82,6 +66,8 @@
       this.scroller.appendChild(this.svg);
       container.appendChild(this.scroller);
       container.appendChild(this.tooltip);
+      const legend = container.parentElement && container.parentElement.querySelector(".legend:empty");
+      if (legend) legend.replaceWith(SC.legend(g)); // the pane's legend box (SC.legend called without a graph)
       this.drawBands();
       this.drawResidual();
       this.drawQK();
@@ -133,11 +119,11 @@
 
     drawNodes() {
       this.nodeEls = this.graph.nodes.map((node, i) => {
-        const colour = SC.NODE_COLOURS[node.loc] || "#334155";
+        const colour = SC.nodeColour(this.graph, node);
         const el = s(
           "g",
           { class: "node", transform: `translate(${node.x},${node.y})`, dataset: { i, name: node.id }, tabindex: 0 },
-          s("circle", { r: 7, fill: READS.has(node.loc) ? "#ffffff" : colour, stroke: colour, "stroke-width": 2 }),
+          s("circle", { r: 7, fill: locOf(this.graph, node).hollow ? "#ffffff" : colour, stroke: colour, "stroke-width": 2 }),
           s("text", { y: 19, "font-size": 9, "text-anchor": "middle", fill: "#334155", text: node.label })
         );
         el.addEventListener("mouseenter", () => this.showTooltip(i));
@@ -210,7 +196,7 @@
       const effect = n.info && n.info.ablation_effect;
       SC.clear(this.tooltip).append(
         h("div", { class: "tt-name", text: n.display }),
-        h("div", { class: "muted", text: SC.LOC_NAMES[n.loc] || n.loc }),
+        h("div", { class: "muted", text: SC.locTitle(this.graph, n) }),
         h("div", { text: `in ${adj.ins.length} · out ${adj.outs.length} edges` }),
         typeof effect === "number" ? h("div", { text: `ablation effect: task loss ${SC.fmt(effect, 4)}` }) : null
       );
@@ -328,19 +314,17 @@
     );
   };
 
-  SC.legend = function () {
+  /** The legend: node kinds from graph.legend, then the edge styles. Called without a graph (as the app
+   * and the export page do), it is an empty box that the GraphView of the same pane fills in. */
+  SC.legend = function (graph) {
+    if (!graph) return h("div", { class: "legend" });
     const item = (colour, label, hollow) =>
       h("span", { class: "legend-item" }, h("span", { class: "dot", style: { "background-color": hollow ? "#fff" : colour, "border-color": colour } }), label);
     const line = (colour, label, dashed) => h("span", { class: "legend-item" }, h("span", { class: dashed ? "line dashed" : "line", style: { "border-color": colour } }), label);
     return h(
       "div",
       { class: "legend" },
-      item("#64748b", "read", true),
-      item("#059669", "query"),
-      item("#d97706", "key"),
-      item("#7c3aed", "value"),
-      item("#db2777", "neuron"),
-      item("#334155", "write"),
+      (graph.legend || []).map((e) => item(e.colour, e.label, e.hollow)),
       line("#2563eb", "positive weight"),
       line("#dc2626", "negative weight"),
       line("#94a3b8", "residual link", true),
@@ -377,8 +361,8 @@
     const n = view.graph.nodes[j];
     return h(
       "button",
-      { type: "button", class: "link", title: SC.LOC_NAMES[n.loc] || n.loc, on: { click: () => view.select(j) } },
-      h("span", { class: "dot small", style: { "background-color": SC.NODE_COLOURS[n.loc] || "#334155" } }),
+      { type: "button", class: "link", title: SC.locTitle(view.graph, n), on: { click: () => view.select(j) } },
+      h("span", { class: "dot small", style: { "background-color": SC.nodeColour(view.graph, n) } }),
       n.display
     );
   }
@@ -388,7 +372,7 @@
     const n = view.graph.nodes[i];
     const adj = view.adj[i];
     const info = n.info || {};
-    const facts = [["location", SC.LOC_NAMES[n.loc] || n.loc], ["layer", String(n.layer)]];
+    const facts = [["location", SC.locTitle(view.graph, n)], ["layer", String(n.layer)]];
     if (n.head !== undefined) facts.push(["head · channel", `${n.head} · ${n.ch}`]);
     if (typeof info.ablation_effect === "number") {
       const delta = typeof achievedLoss === "number" ? ` (${SC.signed(info.ablation_effect - achievedLoss)} vs the circuit)` : "";
@@ -400,7 +384,7 @@
     return h(
       "div",
       { class: "node-summary" },
-      h("div", { class: "node-title" }, h("span", { class: "dot", style: { "background-color": SC.NODE_COLOURS[n.loc] || "#334155" } }), h("span", { class: "mono", text: n.display })),
+      h("div", { class: "node-title" }, h("span", { class: "dot", style: { "background-color": SC.nodeColour(view.graph, n) } }), h("span", { class: "mono", text: n.display })),
       h("dl", { class: "kv" }, facts.map(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])),
       section("input edges", adj.ins, edgeList(view, adj.ins, "src")),
       section("output edges", adj.outs, edgeList(view, adj.outs, "dst")),
