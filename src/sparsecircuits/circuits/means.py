@@ -30,27 +30,22 @@ def mean_activations(
 ) -> dict[str, Tensor]:
     """Mean over all tokens of `n_windows` held-out windows at every node location. Returns loc -> [width].
 
-    Read-only hooks on the unchanged forward, so AbsTopK is applied exactly as when pruning.
+    Read with `GPT.run_with_cache` on the unchanged forward, so AbsTopK is applied exactly as when pruning.
+    Each batch's activations at every location are held at once: [batch_size, n_ctx, width] per location.
     """
     n_ctx = n_ctx or model.cfg.n_ctx
     device = next(model.parameters()).device
+    locations = model.node_locations()
     sums = {
-        loc: torch.zeros(model.location_width(loc), dtype=torch.float64, device=device)
-        for loc in model.node_locations()
+        loc: torch.zeros(model.location_width(loc), dtype=torch.float64, device=device) for loc in locations
     }
     count = 0
-
-    def reader(loc: str):
-        def fn(x: Tensor) -> None:
+    for batch in iter_eval_batches(bin_path, n_ctx, batch_size, max(1, n_windows // batch_size)):
+        idx = batch[:, :-1].to(device)
+        acts = model.run_with_cache(idx, locations, stop_at=locations[-1])
+        for loc, x in acts.items():
             sums[loc] += x.detach().double().sum(dim=(0, 1))
-
-        return fn
-
-    with model.hooks({loc: reader(loc) for loc in sums}):
-        for batch in iter_eval_batches(bin_path, n_ctx, batch_size, max(1, n_windows // batch_size)):
-            idx = batch[:, :-1].to(device)
-            model(idx)
-            count += idx.numel()
+        count += idx.numel()
     return {loc: (s / max(count, 1)).float() for loc, s in sums.items()}
 
 
