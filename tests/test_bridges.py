@@ -438,7 +438,8 @@ def test_train_resume_and_steer_on_disk(dataset, dense_run, tmp_path, commands, 
         "schema": "sparsecircuits.circuit/1",
         "model": {"path": str(out), "content_hash": model_content_hash(bridged.sparse.model)},
         "task": {"name": "single_double_quote"},
-        **{k: None for k in ("ablation", "target_loss", "achieved", "edges", "counts")},
+        **{k: None for k in ("ablation", "achieved", "edges", "counts")},
+        "target_loss": 0.15,  # read_circuit refuses a non-numeric target
         "nodes": ["0.mlp.post_act.3", "0.mlp.act_in.7"],
     }
     (tmp_path / "c.circuit.json").write_text(json.dumps(circuit))

@@ -1,8 +1,11 @@
 """A run directory: config.json, model.safetensors, tokenizer.json, metrics.jsonl, checkpoints/.
 
 config.json holds {"model": ModelConfig dict, "train": TrainConfig dict, "data": {"dir", "content_hash",
-"vocab_size"}, "bigram_val_loss", "preset", "code_version", ...}. Only "model" is needed to rebuild the
-network, so other writers (e.g. the importer of the authors' checkpoints) may leave the rest out.
+"vocab_size"}, "tokenizer_sha256", "bigram_val_loss", "preset", "code_version", ...}. Only "model" is needed
+to rebuild the network, so other writers (e.g. the importer of the authors' checkpoints) may leave the rest
+out. `load_run` refuses a tokenizer.json that no longer matches "tokenizer_sha256" (runs installed from the
+shipped demo models are checked against the SHA256SUMS they came with; runs that record neither are not
+checked).
 Weights are safetensors only (never pickle), with the state-dict names of DESIGN.md.
 """
 
@@ -95,9 +98,30 @@ def model_config_of(config: dict[str, Any], path: Path) -> ModelConfig:
         raise UserError(f"{path / CONFIG_FILE}: bad model config ({e})") from None
 
 
+def recorded_tokenizer_sha256(config: dict[str, Any], path: Path) -> tuple[str | None, str]:
+    """(SHA-256 the run's tokenizer.json must have, where it is recorded); (None, "") when nothing is.
+
+    Runs trained since the hash was introduced record it in config.json; a run installed from the shipped
+    demo models (config "shipped": {"from": DIR, "sha256": model entry}) is checked against DIR/SHA256SUMS
+    while that file still lists the installed model."""
+    from sparsecircuits.data.tokenizer import HASH_KEY
+    from sparsecircuits.experiments.shipped import SUMS, read_sums
+
+    if isinstance(config.get(HASH_KEY), str):
+        return config[HASH_KEY], str(path / CONFIG_FILE)
+    shipped = config.get("shipped")
+    if isinstance(shipped, dict) and isinstance(shipped.get("from"), str):
+        root = Path(shipped["from"])
+        if (root / SUMS).is_file():
+            sums = read_sums(root)
+            if shipped.get("sha256") in sums.values() and TOKENIZER_FILE in sums:
+                return sums[TOKENIZER_FILE], str(root / SUMS)
+    return None, ""
+
+
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Open a run directory: config, model (eval mode, on `device`) and tokenizer."""
-    from sparsecircuits.data.tokenizer import load_tokenizer
+    """Open a run directory: config, model (eval mode, on `device`) and tokenizer (checked against its hash)."""
+    from sparsecircuits.data.tokenizer import check_tokenizer_file, load_tokenizer
 
     path = Path(path)
     if not path.is_dir():
@@ -105,6 +129,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     config = read_json(path / CONFIG_FILE, "run config")
     cfg = model_config_of(config, path)
     tokenizer = load_tokenizer(path / TOKENIZER_FILE)
+    check_tokenizer_file(path / TOKENIZER_FILE, *recorded_tokenizer_sha256(config, path))
     if tokenizer.get_vocab_size() != cfg.vocab_size:
         raise UserError(
             f"{path / TOKENIZER_FILE} has {tokenizer.get_vocab_size()} tokens but the model's vocab_size "

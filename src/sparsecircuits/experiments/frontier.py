@@ -17,6 +17,10 @@ A config file (JSON) names the dataset, the models and how to prune:
     }
 
 Every cell (a model trained, a task pruned) is written to OUT as it completes; a rerun skips finished cells.
+The whole config is checked before any work: unknown keys (also inside "prune" and each model), targets that
+are not positive numbers, models that are not objects, and model names that are not plain folder names
+(letters, digits, `.`, `_`, `-`; they become OUT/models/NAME) are one-line errors, and so is a model whose
+preset or `set` overrides would fail (checked against the dataset's vocabulary).
 Outputs: OUT/frontier.json, OUT/frontier.md (table), OUT/fig2_loss_vs_edges.png (loss-matched sparse and dense
 pair over the sweep of targets), OUT/fig3_frontier.png (geometric-mean edges against pretraining loss).
 """
@@ -24,6 +28,8 @@ pair over the sweep of targets), OUT/fig3_frontier.png (geometric-mean edges aga
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,66 @@ from sparsecircuits.errors import UserError, reject_unknown_keys
 from sparsecircuits.io import atomic_write_json, atomic_write_text, read_json
 
 MODEL_KEYS = {"name", "preset", "dense", "set", "run"}
+PRUNE_KEYS = {"steps", "budget", "train_pairs", "eval_pairs"}
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a plain folder name: never a path
+
+
+def _positive_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _positive_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def _strings(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+def check_model_entry(m: Any, where: str) -> None:
+    """UserError unless a "models" entry is an object of known keys with a plain folder name as its name."""
+    if not isinstance(m, dict):
+        raise UserError(f"{where}: each model is an object with a 'name', got {json.dumps(m)}")
+    if set(m) - MODEL_KEYS or not isinstance(m.get("name"), str):
+        raise UserError(f"{where}: each model needs a 'name' and only {sorted(MODEL_KEYS)}: {m}")
+    if not MODEL_NAME.fullmatch(m["name"]):
+        raise UserError(
+            f"{where}: model name {m['name']!r} must be a plain folder name (letters, digits, '.', '_', '-'; "
+            "no path separators, not starting with '.')"
+        )
+    types = {"preset": (str, "a string"), "dense": (bool, "true or false"), "run": (str, "a path string")}
+    for key, (kind, what) in types.items():
+        if key in m and not isinstance(m[key], kind):
+            raise UserError(f"{where}: model {m['name']}: {key!r} must be {what}, got {m[key]!r}")
+    if "set" in m and not _strings(m["set"]):
+        raise UserError(f"{where}: model {m['name']}: 'set' must be a list of KEY=VALUE strings")
+
+
+def check_values(raw: dict[str, Any], where: str) -> None:
+    """UserError for the first bad value of a frontier config (its keys are already known)."""
+    for key in ("data", "out"):
+        if not isinstance(raw[key], str) or not raw[key]:
+            raise UserError(f"{where}: {key!r} must be a path string, got {raw[key]!r}")
+    if "target_loss" in raw and not _positive_number(raw["target_loss"]):
+        raise UserError(f"{where}: 'target_loss' must be a positive number, got {raw['target_loss']!r}")
+    sweep = raw.get("sweep_targets", [])
+    if not isinstance(sweep, list) or not all(_positive_number(t) for t in sweep):
+        raise UserError(f"{where}: 'sweep_targets' must be a list of positive numbers, got {sweep!r}")
+    if not _strings(raw.get("tasks", [])):
+        raise UserError(f"{where}: 'tasks' must be a list of task names")
+    if not isinstance(raw.get("device", "auto"), str):
+        raise UserError(f"{where}: 'device' must be a string")
+    prune = raw.get("prune", {})
+    if not isinstance(prune, dict):
+        raise UserError(f"{where}: 'prune' must be an object with keys from {sorted(PRUNE_KEYS)}")
+    unknown = sorted(set(prune) - PRUNE_KEYS)
+    if unknown:
+        raise UserError(
+            f"{where}: prune: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(PRUNE_KEYS))})"
+        )
+    bad = [k for k, v in prune.items() if not _positive_int(v)]
+    if bad:
+        raise UserError(f"{where}: prune.{bad[0]} must be a positive integer, got {prune[bad[0]]!r}")
 
 
 @dataclass
@@ -59,18 +125,21 @@ class FrontierConfig:
         models = raw["models"]
         if not isinstance(models, list) or not models:
             raise UserError(f"{path}: 'models' must be a non-empty list")
-        names = [m.get("name") for m in models]
         for m in models:
-            if not isinstance(m, dict) or not m.get("name") or set(m) - MODEL_KEYS:
-                raise UserError(f"{path}: each model needs a 'name' and only {sorted(MODEL_KEYS)}: {m}")
+            check_model_entry(m, str(path))
+        names = [m["name"].casefold() for m in models]  # one folder each, also on case-insensitive disks
         if len(set(names)) != len(names):
             raise UserError(f"{path}: model names must be unique")
+        check_values(raw, str(path))
         cfg = cls(**{**raw, "data": Path(raw["data"]), "out": Path(raw["out"])})
         from sparsecircuits.tasks import get_task, task_names
 
         cfg.tasks = cfg.tasks or task_names()
         for t in cfg.tasks:
             get_task(t)
+        from sparsecircuits.data.dataset import load_dataset
+
+        check_model_configs(cfg, load_dataset(cfg.data).meta.get("vocab_size"))
         return cfg
 
 
@@ -204,6 +273,19 @@ def run_frontier(cfg: FrontierConfig) -> dict:
     atomic_write_text(cfg.out / "frontier.md", markdown_table(summary))
     write_plots(cfg, summary)
     return summary
+
+
+def check_model_configs(cfg: FrontierConfig, vocab: int | None) -> None:
+    """Before any training: every model to train has a valid preset and `set` overrides for this vocabulary."""
+    from sparsecircuits.train.config import build_config
+
+    for m in cfg.models:
+        if m.get("run") or vocab is None:
+            continue
+        try:
+            build_config(m.get("preset", "demo"), vocab, bool(m.get("dense")), m.get("set", []))
+        except UserError as e:
+            raise UserError(f"model {m['name']}: {e}") from None
 
 
 def common_tasks(a: dict, b: dict, tasks: list[str]) -> list[str]:

@@ -2,14 +2,17 @@
 
 Layout: RUN/checkpoints/step_00001000/{model.safetensors, optimizer.safetensors, state.json}.
 Each checkpoint is written into a hidden staging directory and renamed into place, so a killed process
-never leaves a half-written `step_*` directory. state.json records the SHA-256 of both tensor files, so a
-checkpoint damaged later (truncated copy, disk error) is refused with a clear message instead of
-resuming from garbage. Tensors are safetensors (never pickle); everything else is JSON.
+never leaves a half-written `step_*` directory. state.json records the SHA-256 of both tensor files and
+of its own content ("state_sha256", over the canonical JSON of every other key), so a checkpoint damaged or
+edited later (truncated copy, disk error, a hand-edited step or RNG state) is refused with a clear message
+instead of resuming from garbage. Format 1 checkpoints (before the state hash) still load. Tensors are
+safetensors (never pickle); everything else is JSON.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import shutil
@@ -28,11 +31,14 @@ from sparsecircuits.io import (
     commit_dir,
     file_sha256,
     read_json,
+    remove_stale_staging,
     staging_dir,
 )
 from sparsecircuits.run import CHECKPOINT_DIR, load_tensors, load_weights, state_dict_for_saving
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: state.json carries "state_sha256"; 1 (no state hash) is still read
+READ_FORMATS = (1, 2)
+TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -140,16 +146,15 @@ def save_checkpoint(
     state: JSON-able dict with at least "step" (plus tokens, RNG states, ...)."""
     final = Path(run_dir) / CHECKPOINT_DIR / f"step_{state['step']:08d}"
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(final.parent, r"step_[0-9]+")  # left by a run killed while saving
     tmp = staging_dir(final, force=True)
     try:
         save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"))
         tensors, scalars = optimizer_tensors(opt, opt_names)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        files = {f: file_sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")}
-        atomic_write_json(
-            tmp / "state.json",
-            {"format": FORMAT_VERSION, **state, "optimizer_scalars": scalars, "sha256": files},
-        )
+        files = {f: file_sha256(tmp / f) for f in TENSOR_FILES}
+        record = {"format": FORMAT_VERSION, **state, "optimizer_scalars": scalars, "sha256": files}
+        atomic_write_json(tmp / "state.json", {**record, "state_sha256": state_sha256(record)})
         commit_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,11 +173,8 @@ def load_checkpoint(
     an older one."""
     path = Path(path)
     state = read_json(path / "state.json", "checkpoint state")
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "step" not in state:
-        raise UserError(
-            f"checkpoint {path} has an unknown format (state.json format {state.get('format')!r})"
-        )
-    for name, digest in state.get("sha256", {}).items():
+    check_state(state, path)
+    for name, digest in state["sha256"].items():
         f = path / name
         if not f.is_file():
             raise UserError(f"checkpoint is incomplete: {f} is missing")
@@ -185,6 +187,29 @@ def load_checkpoint(
     tensors = load_tensors(path / "optimizer.safetensors", "checkpoint optimizer state")
     load_optimizer_state(opt, opt_names, tensors, state.get("optimizer_scalars", {}))
     return state
+
+
+def state_sha256(record: dict[str, Any]) -> str:
+    """Hex SHA-256 of a state.json record without its "state_sha256" key (canonical JSON: sorted keys)."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != "state_sha256"}))  # as read back
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_state(state: Any, path: Path) -> None:
+    """UserError unless state.json is a known format, unedited (format 2) and lists both tensor files."""
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt not in READ_FORMATS or "step" not in state:
+        raise UserError(f"checkpoint {path} has an unknown format (state.json format {fmt!r})")
+    if fmt >= 2 and state.get("state_sha256") != state_sha256(state):
+        raise UserError(
+            f"checkpoint {path / 'state.json'} was edited: its content does not match its state_sha256 "
+            f"(restore it, or delete {path} to resume from an earlier checkpoint)"
+        )
+    sums = state.get("sha256")
+    if not isinstance(sums, dict) or set(sums) != set(TENSOR_FILES):
+        raise UserError(
+            f"checkpoint {path / 'state.json'} does not list the checksums of {', '.join(TENSOR_FILES)}"
+        )
 
 
 def append_metrics(log: Any, rec: dict[str, Any]) -> None:

@@ -164,6 +164,7 @@ def create_run_dir(setup: RunSetup, preset: str, dense: bool, sets: Sequence[str
             "content_hash": setup.data.meta.get("content_hash"),
             "vocab_size": cfg.vocab_size,
         },
+        "tokenizer_sha256": setup.data.tokenizer_sha256,  # load_run refuses a swapped tokenizer.json
         "preset": preset,
         "dense": dense,
         "overrides": list(sets),
