@@ -156,13 +156,18 @@ class Source:
         except (tokenize.TokenError, SyntaxError):
             return
 
-    def keyword(self, node: ast.stmt) -> str | None:
-        """The token a statement starts with (`if` or `elif` for an ast.If)."""
+    def token_at(self, node: ast.AST) -> tokenize.TokenInfo | None:
+        """The token `node` starts with (tokenized from the start of its line)."""
         at = (node.lineno, self._col(node.lineno, node.col_offset))
         for t in self.tokens_from(node.lineno):
             if t.start >= at:
-                return t.string if t.start == at else None
+                return t if t.start == at else None
         return None
+
+    def keyword(self, node: ast.stmt) -> str | None:
+        """The token a statement starts with (`if` or `elif` for an ast.If)."""
+        t = self.token_at(node)
+        return None if t is None else t.string
 
 
 # ---- one miner per task: Source -> proposed hits (checked against the pre-tokenizer later) ----------------
@@ -204,8 +209,8 @@ def mine_single_double_quote(src: Source) -> Iterator[Hit]:
         q = src.text[start]
         if q not in QUOTES or src.text[start - 1] != "(" or src.end(node) != end + 1:
             continue
-        string = next((t for t in src.tokens_from(arg.lineno) if t.type == tokenize.STRING), None)
-        if string is not None and src.offset(*string.start) == start and src.offset(*string.end) == end:
+        string = src.token_at(arg)
+        if string is not None and string.type == tokenize.STRING and src.offset(*string.end) == end:
             if string.string[:3] != q * 3:  # one token (no implicit concatenation), not triple-quoted
                 yield Hit(end - 1, q + ")\n", QUOTES[q] + ")\n")
 
