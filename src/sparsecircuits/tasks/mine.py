@@ -1,22 +1,23 @@
 """Natural instances of the tasks in real Python files (`sparsecircuits tasks mine`), and their evaluation.
 
-A miner per task reads one file's syntax tree (`ast`) and token stream (`tokenize`) and proposes points where
-the code continues with one of the task's candidates, e.g. for for_while the end of the loop variable in
-`for x in ...` (correct ` in`) or of the name in `while x:` (correct `:\\n`). The prompt is the file's text up
-to that point, the correct completion is the real next text and the wrong one is the task's other candidate
-for that instance (the one a generated pair would give: ` in` <-> `:\\n`).
+A miner per task reads one file's syntax tree (`ast`) and, locally, its tokens (`tokenize`) and proposes
+points where the code continues with one of the task's candidates, e.g. for for_while the end of the loop
+variable in `for x in ...` (correct ` in`) or of the name in `while x:` (correct `:\\n`). The prompt is the
+file's text up to that point, the correct completion is the real next text and the wrong one is the task's
+other candidate for that instance (the one a generated pair would give: ` in` <-> `:\\n`).
 
 Token boundaries. An instance is kept only when, under the project's pre-tokenizer (data/tokenizer.py), the
 real text has a pre-token boundary at the prompt's end and the next pre-token is exactly the correct string,
 and the prompt alone ends with the same pre-tokens (`pre_tokenize(prompt + c) == pre_tokenize(prompt) + [c]`
-for both candidates). BPE merges never cross pre-tokens, so any tokenizer built on that pre-tokenizer in which
-the candidates are single tokens ends the prompt on a token boundary: `print("done.")` is dropped (`.")\\n` is
-one pre-token), `print("done")` is kept.
+for both candidates, checked on the prompt's last line). BPE merges never cross pre-tokens, so any tokenizer
+built on that pre-tokenizer in which the candidates are single tokens ends the prompt on a token boundary:
+`print("done.")` is dropped (`.")\\n` is one pre-token), `print("done")` is kept.
 
 Sampling. Files are visited in a fixed pseudo-random order (a hash of their relative path, after sorting), so
 that a file cap samples many packages rather than the first in alphabetical order. Each file gives at most
 `per_file` instances per task and correct candidate side (the task's first candidate vs the others), chosen by
-a hash of their position; each side gets half of `max_per_task`, so the set is balanced like a generated split.
+a hash of their position; each side gets half of `max_per_task`, so the set is balanced like a generated
+split.
 Long prompts are cut to their last `max_prompt_chars` characters, at a line start; a record's `prompt_start`
 is the character offset where its prompt begins in the file (0: the prompt is the start of the file).
 """
@@ -45,8 +46,8 @@ from sparsecircuits.data.corpus import MAX_FILE_BYTES, CorpusStats, check_source
 from sparsecircuits.data.tokenizer import EOT, SPLIT_PATTERN
 from sparsecircuits.errors import UserError
 from sparsecircuits.io import atomic_write_text
+from sparsecircuits.tasks import get_task
 from sparsecircuits.tasks.evaluate import TaskBatch, candidate_logits, task_metrics
-from sparsecircuits.tasks.registry import get_task
 from sparsecircuits.tasks.tokens import check_tokenizer
 
 RECORD_KEYS = ("task", "prompt", "correct", "wrong", "source")  # plus optional "prompt_start" (int)
@@ -622,8 +623,9 @@ def encode_mined(task: str, records: list[dict], tokenizer: Tokenizer, n_ctx: in
 def evaluate_mined(
     model, tokenizer: Tokenizer, task: str, records: list[dict], chunk: int = 256, **metric_options
 ) -> dict:
-    """Task metrics (tasks.evaluate.task_metrics, its options passed through) of `model` on mined records of
-    `task`, plus task and "prompts": "natural". The model reads at most its `cfg.n_ctx` tokens (default 256)."""
+    """Task metrics (tasks.evaluate.task_metrics, its options passed through) of `model` on mined records
+    of `task`, plus task and "prompts": "natural". The model reads at most its `cfg.n_ctx` tokens (default
+    256)."""
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", 256)
     batch = encode_mined(task, records, tokenizer, n_ctx)
     metrics = task_metrics(candidate_logits(model, batch, chunk), **metric_options)
