@@ -57,6 +57,16 @@ def page(browser):
     context.close()
 
 
+def assert_legend_and_colours(page):
+    """Legend and node colours come from the graph JSON (the location table), not from a copy in the JS."""
+    items = page.locator(".legend .legend-item").all_inner_texts()
+    assert items[:6] == ["read", "query", "key", "value", "neuron", "write"]
+    circle = page.locator('g.node[data-name="0.attn.q.0"] circle')
+    assert (circle.get_attribute("fill"), circle.get_attribute("stroke")) == ("#059669", "#059669")
+    read = page.locator('g.node[data-name^="0.attn.act_in."] circle').first
+    assert (read.get_attribute("fill"), read.get_attribute("stroke")) == ("#ffffff", "#64748b")
+
+
 def test_open_circuit_click_node_and_see_detail(site, page, tmp_path):
     server, _ = site
     cid = circuit_id(server, "quote.circuit.json")
@@ -64,6 +74,7 @@ def test_open_circuit_click_node_and_see_detail(site, page, tmp_path):
     page.wait_for_selector("svg.graph[data-ready] g.node")
     assert page.locator("svg.graph g.node").count() == 16
     assert page.locator("svg.graph .edges path").count() > 0
+    assert_legend_and_colours(page)
     page.screenshot(path=str(tmp_path / "graph.png"), full_page=True)
 
     page.locator('g.node[data-name="0.attn.q.0"]').click()
@@ -145,7 +156,9 @@ def test_exported_html_works_offline(site, page, tmp_path):
     )
     page.goto(server_down.as_uri())
     page.wait_for_selector("svg.graph[data-ready] g.node")
+    assert_legend_and_colours(page)
     page.locator('g.node[data-name="0.mlp.post_act.4"]').click()
     assert "0.mlp.post_act.4" in page.locator(".node-summary").inner_text()
+    assert "MLP neuron" in page.locator(".node-summary").inner_text()  # the location's title, from the JSON
     page.screenshot(path=str(tmp_path / "export.png"), full_page=True)
     assert not page.problems, page.problems

@@ -43,6 +43,7 @@ ROW_LABELS = _row_labels()
 ROWS = tuple(ROW_LABELS)
 RESIDUAL_LOCS = locations_of(RESIDUAL_READ, RESIDUAL_WRITE)
 QKV = locations_of(HEAD_CHANNEL)
+HEAD_ROWS = frozenset(LOCATIONS[loc].row or loc for loc in QKV)  # rows grouped by head: {"attn.qkv"}
 
 DX = 34  # horizontal slot per node
 DY = 62  # vertical distance between rows (grows for wide graphs, so long edges do not lie flat)
@@ -169,7 +170,7 @@ def _qkv_key(node: _Node, d_head: int) -> tuple[int, int, int]:
 
 def _row_slots(members: list[_Node], cfg: ModelConfig) -> int:
     """Horizontal slots a packed row needs (q/k/v rows leave one empty slot between heads)."""
-    if not members or members[0].row != "attn.qkv":
+    if not members or members[0].row not in HEAD_ROWS:
         return len(members)
     heads = {n.index // cfg.d_head for n in members}
     return len(members) + len(heads) - 1
@@ -182,14 +183,14 @@ def _row_xs(row: str, members: list[_Node], columns: list[int], cfg: ModelConfig
         col = {c: i for i, c in enumerate(columns)}
         start = LEFT + (width - LEFT - PAD - DX * len(columns)) / 2
         return [start + DX * (col[n.index] + 0.5) for n in members]
-    if row == "attn.qkv":
+    if row in HEAD_ROWS:
         members.sort(key=lambda n: _qkv_key(n, cfg.d_head))
     else:
         members.sort(key=lambda n: n.index)
     slots = []
     slot, last_head = 0, None
     for n in members:
-        head = n.index // cfg.d_head if row == "attn.qkv" else None
+        head = n.index // cfg.d_head if row in HEAD_ROWS else None
         if last_head is not None and head != last_head:
             slot += 1  # gap between heads
         slots.append(slot)
