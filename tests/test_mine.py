@@ -250,7 +250,6 @@ def test_default_natural_sources_are_third_party_folders():
     assert sources, "this interpreter has a site-packages folder"
     for p in sources:
         assert p.is_dir() and p not in stdlib and p.name in ("site-packages", "dist-packages")
-        assert not any(s in p.parents for s in stdlib if s == Path(paths["stdlib"]).resolve())
 
 
 def test_cli_defaults_are_the_modules():
@@ -289,7 +288,7 @@ class TinyLM(nn.Module):
 
 
 def test_eval_command_on_mined_prompts(tok, tree, tmp_path, monkeypatch):
-    run_mod = pytest.importorskip("sparsecircuits.run")
+    from sparsecircuits import run as run_mod
     from sparsecircuits.tasks.commands import eval_cmd
 
     torch.manual_seed(0)
