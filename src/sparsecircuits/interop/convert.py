@@ -88,6 +88,7 @@ def _convert_into(src: Path, tmp: Path, tokenizer_dir: str | Path | None, log: C
         "train": None,
         "data": {"note": DATA_NOTE},
         "source": _source_info(src, tok_dir, cfg.raw, cfg.notes + weights.notes),
+        "tokenizer_sha256": file_sha256(tmp / TOKENIZER_FILE),  # load_run refuses a swapped tokenizer.json
         "code_version": __version__,
     }
     atomic_write_json(tmp / RUN_CONFIG, config)
