@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from sparsecircuits import __version__
-from sparsecircuits.circuits.edges import circuit_edges
+from sparsecircuits.circuits.edges import circuit_edges, count_edges
 from sparsecircuits.circuits.nodes import nodes_to_names
 from sparsecircuits.circuits.prune import Evaluator, PruneResult
 
@@ -49,6 +49,12 @@ def make_circuit(
     """The circuit dict of docs/formats.md (write it with circuit_file.write_circuit)."""
     nodes = gates_to_nodes(result, result.gates)
     graph = circuit_edges(model.state_dict(), model.cfg, nodes)
+    stages = {k: dict(v) for k, v in result.stages.items()}
+    if result.bisection_gates is not None and "bisection" in stages:
+        bisected = gates_to_nodes(result, result.bisection_gates)
+        stages["bisection"]["edges"] = count_edges(model.state_dict(), model.cfg, bisected)
+    if "nodes" in stages.get("cleanup", {}):
+        stages["cleanup"]["edges"] = graph.n_edges
     circuit: dict[str, Any] = {
         "code_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -68,6 +74,8 @@ def make_circuit(
         "node_info": node_effects(evaluate, result),
         **graph.to_json(),
         "bisection": result.bisection,
+        # the counts above are after the last stage run: "cleanup" when it ran, else "bisection"
+        "stages": stages,
         "pruning": {
             "hyperparameters": result.config,
             "seconds": round(result.seconds, 2),

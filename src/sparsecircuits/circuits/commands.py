@@ -58,6 +58,13 @@ def score_lines(c: dict) -> list[str]:
         f"(target {c['target_loss']:g}, {c.get('loss_convention', 'mean')} convention; val loss "
         f"{_fmt(a['loss_calibrated'])} calibrated, {_fmt(a['loss_raw'])} raw; full model {_fmt(a['full_model']['loss_raw'])})"
     ]
+    st = c.get("stages") or {}
+    if "nodes" in st.get("cleanup", {}) and "bisection" in st:
+        b, cl = st["bisection"], st["cleanup"]
+        lines.append(
+            f"  bisection {b['nodes']} nodes / {b.get('edges', '-')} edges -> clean-up {cl['nodes']} / "
+            f"{cl.get('edges', '-')} ({len(cl['passes'])} passes, {cl['seconds']:.0f} s)"
+        )
     v = c.get("validation") or {}
     if "sufficiency" in v:
         lines.append(
@@ -157,6 +164,10 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
     help="Pretraining windows for mean activations.",
 )
 @click.option("--no-calibrate", is_flag=True, help="Compare the uncalibrated loss with the target.")
+@click.option("--tie-qk", is_flag=True, help="One mask per query/key channel pair (PAPER.md 5.1).")
+@click.option(
+    "--no-cleanup", is_flag=True, help="Skip the greedy node removal after the bisection (docs/circuits.md)."
+)
 @click.option("--no-validate", is_flag=True, help="Skip the sufficiency/necessity/random/resample checks.")
 @seed_option()
 @device_option()
@@ -181,6 +192,8 @@ def prune(
     eval_pairs,
     mean_windows,
     no_calibrate,
+    tie_qk,
+    no_cleanup,
     no_validate,
     seed,
     device,
@@ -214,6 +227,8 @@ def prune(
         lr=lr,
         batch_pairs=batch_pairs,
         calibrate=not no_calibrate,
+        tie_qk=tie_qk,
+        cleanup=not no_cleanup,
         seed=seed,
     ).validate()
     natural = {t: load_natural(prompts_file, t) for t in tasks}  # a malformed file fails before any work

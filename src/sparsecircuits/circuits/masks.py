@@ -37,6 +37,8 @@ class NodeMask(nn.Module):
 
     widths: location hook name -> width, in forward order. means: location -> [width] ablation values
     (used by "mean" only; the resample ablations take their values from donors, see `hooks`).
+    tie_qk: one gate per query/key channel pair (`{l}.attn.q.i` with `{l}.attn.k.i`; PAPER.md 5.1, fn 17):
+    tau then has one entry per *unit* (a node, or a tied pair), and ranking and top-k work on units.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class NodeMask(nn.Module):
         init_scale: float = 0.01,
         temp: float = 1.0,
         generator: torch.Generator | None = None,
+        tie_qk: bool = False,
     ):
         super().__init__()
         self.strategy = get_ablation(ablation)
@@ -59,10 +62,11 @@ class NodeMask(nn.Module):
         for w in self.widths:
             self.offsets.append(self.offsets[-1] + w)
         self.ablation, self.temp = ablation, temp
-        n = self.offsets[-1]
+        self.units = tied_units(self.locations, self.offsets) if tie_qk else None  # [n_nodes] or None
+        n = self.n_units
         tau = init_bias + init_scale * torch.randn(n, generator=generator)
         self.tau = nn.Parameter(tau.clamp(-1, 1))
-        mu = torch.zeros(n)
+        mu = torch.zeros(self.n_nodes)
         if ablation == "mean":
             mu = torch.cat([means[k].float().reshape(-1) for k in self.locations])
         self.register_buffer("mu", mu)
@@ -71,20 +75,33 @@ class NodeMask(nn.Module):
     def n_nodes(self) -> int:
         return self.offsets[-1]
 
+    @property
+    def n_units(self) -> int:
+        """Independently gated units: nodes, or with tie_qk nodes and tied query/key pairs."""
+        return self.n_nodes if self.units is None else int(self.units.max()) + 1
+
+    def unit_index(self) -> Tensor:
+        """The unit of every node. Returns LongTensor [n_nodes]."""
+        return torch.arange(self.n_nodes) if self.units is None else self.units
+
+    def expand(self, per_unit: Tensor) -> Tensor:
+        """A per-unit tensor [n_units] spread to nodes [n_nodes]."""
+        return per_unit if self.units is None else per_unit[self.units.to(per_unit.device)]
+
     def gates(self) -> Tensor:
         """Learned gates H(tau) with the surrogate gradient. Returns [n_nodes] in {0., 1.}."""
-        return HeavisideSTE.apply(self.tau, self.temp)
+        return self.expand(HeavisideSTE.apply(self.tau, self.temp))
 
     def split(self, flat: Tensor) -> dict[str, Tensor]:
         """Cut a flat [n_nodes] tensor into per-location pieces."""
         return {k: flat[a:b] for k, a, b in zip(self.locations, self.offsets[:-1], self.offsets[1:])}
 
     def top_k_gates(self, k: int) -> Tensor:
-        """Discrete gates keeping the k nodes with the largest tau (ties: lower index first). [n_nodes]."""
+        """Discrete gates keeping the k units with the largest tau (ties: lower index first). [n_nodes]."""
         order = torch.argsort(self.tau.detach(), descending=True, stable=True)
-        g = torch.zeros_like(self.mu)
+        g = torch.zeros(self.n_units, device=self.mu.device)
         g[order[:k]] = 1.0
-        return g
+        return self.expand(g)
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -105,6 +122,19 @@ class NodeMask(nn.Module):
         for loc, g, mu in zip(self.locations, self.split(gates).values(), self.split(self.mu).values()):
             fns[loc] = _gate_fn(g, mu if donors is None else donors[loc])
         return fns
+
+
+def tied_units(locations: list[str], offsets: list[int]) -> Tensor:
+    """Unit index per node with every `{l}.attn.k.i` sharing the unit of `{l}.attn.q.i`. Returns [n_nodes]."""
+    n = offsets[-1]
+    owner = torch.arange(n)
+    start = dict(zip(locations, offsets[:-1]))
+    for loc in locations:
+        if loc.endswith(".attn.k") and loc[: -len("k")] + "q" in start:
+            q0, k0 = start[loc[: -len("k")] + "q"], start[loc]
+            width = offsets[locations.index(loc) + 1] - k0
+            owner[k0 : k0 + width] = torch.arange(q0, q0 + width)
+    return torch.unique(owner, return_inverse=True)[1]  # renumbered 0..n_units-1 in node order
 
 
 def _gate_fn(g: Tensor, ablated: Tensor) -> Callable[[Tensor], Tensor]:

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from sparsecircuits.circuits.ablations import DonorSource, make_donor_source
+from sparsecircuits.circuits.cleanup import clean_up
 from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.circuits.scoring import Calibration, PromptSet, Score, gated_diff, score, task_loss
 from sparsecircuits.errors import UserError
@@ -42,6 +43,9 @@ class PruneConfig:
     temp: float = 1.0  # heaviside_temp
     grad_clip: float = 1.0
     calibrate: bool = True
+    tie_qk: bool = False  # one gate per query/key channel pair (PAPER.md 5.1, fn 17)
+    cleanup: bool = True  # greedy node removal after the bisection (circuits/cleanup.py)
+    cleanup_max_nodes: int = 256  # larger circuits skip it (one forward per node and pass)
     seed: int = 0
 
     def validate(self) -> PruneConfig:
@@ -58,7 +62,7 @@ class PruneConfig:
 @dataclass
 class PruneResult:
     mask: NodeMask
-    k: int  # nodes kept by the bisection
+    k: int  # nodes in the circuit (after the clean-up)
     gates: torch.Tensor  # [n_nodes] 0/1, the circuit
     score: Score  # of the circuit on the evaluation prompts
     full_score: Score  # of the unpruned model on the same prompts
@@ -67,6 +71,8 @@ class PruneResult:
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
     evaluate: Evaluator | None = None  # the bisection's scorer on the validation prompts
+    stages: dict = field(default_factory=dict)  # nodes after the bisection and after the clean-up
+    bisection_gates: torch.Tensor | None = None  # [n_nodes] the circuit before the clean-up
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float) -> float:
@@ -152,8 +158,9 @@ class Evaluator:
 
 
 def bisect_nodes(evaluate: Evaluator, mask: NodeMask, target: float) -> tuple[int, Score, list[dict]]:
-    """Smallest k (top-k nodes by tau) with loss <= target, by bisection. hi always meets the target."""
-    n = mask.n_nodes
+    """Smallest k (top-k units by tau; a unit is a node, or a tied query/key pair) with loss <= target, by
+    bisection. hi always meets the target."""
+    n = mask.n_units
     trace: list[dict] = []
 
     def at(k: int) -> Score:
@@ -206,6 +213,7 @@ def prune(
         cfg.init_scale,
         cfg.temp,
         generator=torch.Generator().manual_seed(cfg.seed),
+        tie_qk=cfg.tie_qk,
     )
     donors = make_donor_source(model, cfg.ablation, pretraining, cfg.seed)
     evaluate = Evaluator(model, mask, evaluation, cfg.calibrate, cfg.loss_convention, donors)
@@ -217,8 +225,32 @@ def prune(
         )
     history = train_mask(model, mask, train, cfg, progress, donors)
     k, best, trace = bisect_nodes(evaluate, mask, cfg.target_loss)
-    gates = mask.top_k_gates(k)
+    gates = bisected = mask.top_k_gates(k)
     if not math.isfinite(best.loss):
         raise UserError("pruning diverged: non-finite task loss")
+    stages = {"bisection": {"nodes": int(gates.sum()), "seconds": round(time.perf_counter() - t0, 2)}}
+    if cfg.cleanup and int(gates.sum()) <= cfg.cleanup_max_nodes:
+        cleaned = clean_up(evaluate, gates, cfg.target_loss, mask.unit_index(), progress)
+        gates, best = cleaned.gates, cleaned.score
+        stages["cleanup"] = {
+            "nodes": cleaned.nodes_after,
+            "passes": cleaned.passes,
+            "seconds": round(cleaned.seconds, 2),
+        }
+    elif cfg.cleanup:
+        stages["cleanup"] = {"skipped": f"more than {cfg.cleanup_max_nodes} nodes"}
     seconds = time.perf_counter() - t0
-    return PruneResult(mask, k, gates, best, full, trace, history, seconds, asdict(cfg), evaluate)
+    return PruneResult(
+        mask,
+        int(gates.sum()),
+        gates,
+        best,
+        full,
+        trace,
+        history,
+        seconds,
+        asdict(cfg),
+        evaluate,
+        stages,
+        bisected,
+    )

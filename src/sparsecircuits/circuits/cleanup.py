@@ -1,0 +1,75 @@
+"""Automatic clean-up after the bisection: drop nodes one at a time, least important first, while the circuit
+still meets its target (the paper's authors did this by hand, about a researcher-day per circuit; PAPER.md 7.6).
+
+Each pass measures every kept node's ablation effect (the validation loss with that node alone removed), then
+tries the nodes in order of increasing effect, removing each one whose removal keeps the loss at or below the
+target given the removals already made. Passes repeat until one removes nothing: that pass measured every node
+against the final circuit, so no single node can go.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from sparsecircuits.circuits.scoring import Score
+
+
+@dataclass
+class CleanupResult:
+    gates: torch.Tensor  # [n_nodes] 0/1, the cleaned circuit
+    score: Score  # of the cleaned circuit on the evaluation prompts
+    nodes_before: int
+    passes: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def nodes_after(self) -> int:
+        return int(self.gates.sum())
+
+
+def clean_up(
+    evaluate, gates: torch.Tensor, target: float, units: torch.Tensor | None = None, progress: bool = True
+) -> CleanupResult:
+    """Greedy removal until no single node (or tied unit) can go. gates: [n_nodes] 0/1 meeting the target.
+
+    evaluate: gates -> Score on the validation prompts (prune.Evaluator). units: [n_nodes] unit index when
+    nodes are tied (tied query/key channels go together), else every node is its own unit.
+    """
+    t0 = time.perf_counter()
+    units = torch.arange(len(gates)) if units is None else units.cpu()
+    gates = gates.clone()
+    best = evaluate(gates)
+    if best.loss > target:
+        raise ValueError(
+            f"clean-up needs a circuit that meets its target (loss {best.loss:.4f} > {target:g})"
+        )
+    before = int(gates.sum())
+    passes = []
+
+    def drop(g: torch.Tensor, u: int) -> torch.Tensor:
+        g = g.clone()
+        g[units == u] = 0.0
+        return g
+
+    while True:
+        kept_units = torch.unique(units[gates.cpu() > 0]).tolist()
+        bar = tqdm(kept_units, desc=f"clean-up pass {len(passes) + 1}", disable=not progress, leave=False)
+        effects = sorted((evaluate(drop(gates, u)).loss, u) for u in bar)
+        removed = 0
+        for effect, u in effects:
+            if effect > target:
+                break  # sorted: every later node, measured against this pass's start, fails as well
+            candidate = drop(gates, u)
+            s = evaluate(candidate)  # against the removals already made this pass
+            if s.loss <= target:
+                gates, best, removed = candidate, s, removed + 1
+        passes.append(
+            {"pass": len(passes) + 1, "tried": len(effects), "removed": removed, "nodes": int(gates.sum())}
+        )
+        if removed == 0:
+            break
+    return CleanupResult(gates, best, before, passes, time.perf_counter() - t0)

@@ -1,0 +1,73 @@
+"""Automatic clean-up after the bisection, and tied query/key masks."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from sparsecircuits.circuits.cleanup import clean_up
+from sparsecircuits.circuits.masks import NodeMask
+from sparsecircuits.circuits.means import mean_activations
+from sparsecircuits.circuits.prune import PruneConfig, prune
+from sparsecircuits.data.shards import write_tokens
+from test_prune import planted_model, planted_prompts, small_model, widths
+
+NEEDED, COSTLY = {2, 5}, {7, 8}
+
+
+def fake_evaluate(calls: list):
+    """Loss of a kept set: +1 per missing needed node, +0.01 per missing costly node, over a base of 0.1."""
+
+    def evaluate(g: torch.Tensor):
+        kept = set(torch.nonzero(g).flatten().tolist())
+        calls.append(kept)
+        return SimpleNamespace(loss=0.1 + len(NEEDED - kept) + 0.01 * len(COSTLY - kept))
+
+    return evaluate
+
+
+def test_cleanup_stays_at_the_target_and_stops_when_no_single_node_can_go():
+    calls: list = []
+    res = clean_up(fake_evaluate(calls), torch.ones(10), target=0.105, progress=False)
+    kept = set(torch.nonzero(res.gates).flatten().tolist())
+    assert kept == NEEDED | COSTLY and res.nodes_before == 10 and res.nodes_after == 4
+    assert res.score.loss <= 0.105
+    # the last pass tried every remaining node against the final circuit and removed none
+    assert res.passes[-1]["removed"] == 0 and res.passes[-1]["tried"] == 4
+    # with a laxer target the costly nodes can go too, one at a time, but not both
+    res = clean_up(fake_evaluate([]), torch.ones(10), target=0.115, progress=False)
+    assert len(set(torch.nonzero(res.gates).flatten().tolist()) & COSTLY) == 1
+
+
+def test_tied_query_key_masks_keep_or_drop_both():
+    model = small_model()
+    mask = NodeMask(widths(model), None, "zero", tie_qk=True, generator=torch.Generator().manual_seed(0))
+    w = model.location_width("0.attn.q")
+    assert mask.n_units == mask.n_nodes - model.cfg.n_layer * w
+    for k in (0, 3, 10, 50, mask.n_units):
+        g = mask.split(mask.top_k_gates(k))
+        for layer in range(model.cfg.n_layer):
+            assert torch.equal(g[f"{layer}.attn.q"], g[f"{layer}.attn.k"])
+    with torch.no_grad():
+        mask.tau.uniform_(-1, 1)
+    g = mask.split(mask.gates())
+    assert torch.equal(g["1.attn.q"], g["1.attn.k"]) and g["1.attn.q"].any() and not g["1.attn.q"].all()
+    assert NodeMask(widths(model), None, "zero").n_units == mask.n_nodes  # untied: one unit per node
+
+
+def test_planted_circuit_is_recovered_exactly_after_cleanup(tmp_path):
+    model = planted_model()
+    write_tokens(tmp_path / "v.bin", np.random.default_rng(0).integers(0, 8, 4000))
+    means = mean_activations(model, tmp_path / "v.bin", n_windows=32, batch_size=8)
+    cfg = PruneConfig(target_loss=0.3, steps=300, k_coef=1e-3, lr=1e-2, seed=0, loss_convention="pair-sum")
+    res = prune(model, means, planted_prompts(256, 0), planted_prompts(128, 1), cfg, progress=False)
+    kept = {
+        loc: torch.nonzero(g).flatten().tolist() for loc, g in res.mask.split(res.gates).items() if g.any()
+    }
+    assert res.stages["cleanup"]["nodes"] == res.k <= res.stages["bisection"]["nodes"]
+    assert kept.get("0.mlp.act_in") == [0] and kept.get("0.mlp.resid_delta") == [1], kept
+    assert set(kept) == {"0.mlp.act_in", "0.mlp.post_act", "0.mlp.resid_delta"}, kept
+    assert set(kept["0.mlp.post_act"]) <= {0, 1}, kept
+    assert res.score.loss <= 0.3
