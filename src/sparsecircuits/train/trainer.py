@@ -33,7 +33,14 @@ from sparsecircuits.data.dataset import DatasetDir, load_dataset
 from sparsecircuits.data.shards import TokenSampler
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.errors import UserError
-from sparsecircuits.io import atomic_write, atomic_write_json, check_output_dir, prepare_output_dir, read_json
+from sparsecircuits.io import (
+    atomic_write,
+    atomic_write_json,
+    check_output_dir,
+    check_writable,
+    prepare_output_dir,
+    read_json,
+)
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.gpt import GPT
 from sparsecircuits.run import CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, save_model
@@ -99,6 +106,7 @@ def prepare_run(
         raise UserError("--resume and --force contradict each other; pick one")
     if resume:
         setup = _resume_setup(data, out, vocab, preset, dense, sets)
+        check_writable(out / "checkpoints", "run directory")  # checkpoints and weights go there
     else:
         if out.is_dir() and any(out.iterdir()) and not force:
             raise UserError(
