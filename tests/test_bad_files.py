@@ -206,6 +206,16 @@ def test_same_vocabulary_in_other_bytes_is_accepted(world):
         data.check_built_with(world["tok_b"], load_tokenizer(world["tok_b"]), "a run")
 
 
+def test_viewer_refuses_a_swapped_run_tokenizer(world):
+    from sparsecircuits.viewer.server import ViewerApp
+
+    run = copy_run(world, "swapped-viewer")
+    assert len(ViewerApp([run]).vocab(run)) == 257
+    shutil.copyfile(world["tok_b"], run / "tokenizer.json")
+    with pytest.raises(UserError, match="is not the tokenizer recorded in"):
+        ViewerApp([run]).vocab(run)
+
+
 def test_old_run_without_a_recorded_hash_still_loads(world):
     run = copy_run(world, "old")
     config = json.loads((run / "config.json").read_text())

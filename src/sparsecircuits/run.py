@@ -119,9 +119,16 @@ def recorded_tokenizer_sha256(config: dict[str, Any], path: Path) -> tuple[str |
     return None, ""
 
 
+def check_run_tokenizer(path: Path, config: dict[str, Any]) -> None:
+    """UserError when the run's tokenizer.json no longer has the SHA-256 recorded for it (if any is)."""
+    from sparsecircuits.data.tokenizer import check_tokenizer_file
+
+    check_tokenizer_file(path / TOKENIZER_FILE, *recorded_tokenizer_sha256(config, path))
+
+
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     """Open a run directory: config, model (eval mode, on `device`) and tokenizer (checked against its hash)."""
-    from sparsecircuits.data.tokenizer import check_tokenizer_file, load_tokenizer
+    from sparsecircuits.data.tokenizer import load_tokenizer
 
     path = Path(path)
     if not path.is_dir():
@@ -129,7 +136,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     config = read_json(path / CONFIG_FILE, "run config")
     cfg = model_config_of(config, path)
     tokenizer = load_tokenizer(path / TOKENIZER_FILE)
-    check_tokenizer_file(path / TOKENIZER_FILE, *recorded_tokenizer_sha256(config, path))
+    check_run_tokenizer(path, config)
     if tokenizer.get_vocab_size() != cfg.vocab_size:
         raise UserError(
             f"{path / TOKENIZER_FILE} has {tokenizer.get_vocab_size()} tokens but the model's vocab_size "

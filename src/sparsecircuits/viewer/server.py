@@ -118,10 +118,15 @@ class ViewerApp:
     # ---- runs -------------------------------------------------------------------------------------
 
     def vocab(self, run_path: Path) -> list[str]:
+        """The run's decoded vocabulary; a tokenizer.json that no longer matches its recorded hash is refused."""
         from sparsecircuits.data.tokenizer import load_tokenizer
+        from sparsecircuits.io import read_json
+        from sparsecircuits.run import check_run_tokenizer
 
         with self._lock:
             if run_path not in self._vocab:
+                config = read_json(run_path / "config.json", "run config")
+                check_run_tokenizer(run_path, config if isinstance(config, dict) else {})
                 self._vocab[run_path] = decoded_vocab(load_tokenizer(run_path / "tokenizer.json"))
             return self._vocab[run_path]
 
