@@ -131,14 +131,16 @@ def _mined_prompts(path: Path, task_names: tuple[str, ...]) -> dict[str, list[di
     return {n: mined[n] for n in names}
 
 
-def _eval_mined(run, mined: dict[str, list[dict]]) -> list[dict]:
+def _eval_mined(run, mined: dict[str, list[dict]], convention: str) -> list[dict]:
     """Task metrics of the run's model on each task's mined prompts (tasks.mine.evaluate_mined)."""
     from tqdm import tqdm
 
     from sparsecircuits.tasks.mine import evaluate_mined
 
     items = tqdm(mined.items(), desc="tasks", file=sys.stderr, disable=len(mined) < 2)
-    return [evaluate_mined(run.model, run.tokenizer, name, recs) for name, recs in items]
+    return [
+        evaluate_mined(run.model, run.tokenizer, name, recs, convention=convention) for name, recs in items
+    ]
 
 
 @click.command("eval")
@@ -170,13 +172,31 @@ def _eval_mined(run, mined: dict[str, list[dict]]) -> list[dict]:
     default=None,
     help="Score natural prompts from a `tasks mine` JSONL file instead of generated pairs.",
 )
+@click.option(
+    "--loss-convention",
+    type=click.Choice(["pair-sum", "mean"]),
+    default="pair-sum",
+    show_default=True,
+    help="pair-sum: a pair's two prompts' binary CE summed, as the paper authors (chance 1.386); "
+    "mean: per prompt (chance 0.693).",
+)
 def eval_cmd(
-    run_path, task_names, n_pairs, split, seed, val_batches, device, json_path, force, prompts_path
+    run_path,
+    task_names,
+    n_pairs,
+    split,
+    seed,
+    val_batches,
+    device,
+    json_path,
+    force,
+    prompts_path,
+    loss_convention,
 ) -> None:
     """Task loss, accuracy and logit difference on every task, plus the pretraining validation loss.
 
-    Task loss is the binary cross-entropy of correct vs wrong token, averaged over prompts (the authors'
-    code sums the two prompts of a pair: twice this value).
+    Task loss is the binary cross-entropy of correct vs wrong token; by default summed over the two prompts of
+    a pair as in the paper authors' code (--loss-convention pair-sum; chance 1.386), or per prompt (mean).
     """
     from tqdm import tqdm
 
@@ -191,13 +211,21 @@ def eval_cmd(
         check_output_file(json_path, force, "--json file")
     run = load_run(run_path, device=resolve_device(device))
     if mined is not None:
-        rows = _eval_mined(run, mined)
+        rows = _eval_mined(run, mined, loss_convention)
         click.echo(f"natural prompts from {prompts_path} ({sum(r['n'] for r in rows)} prompts)")
     else:
         rows = []
         for task in tqdm(selected, desc="tasks", file=sys.stderr, disable=len(selected) < 2):
             rows.append(
-                evaluate_task(run.model, run.tokenizer, task, n_pairs=n_pairs, split=split, seed=seed)
+                evaluate_task(
+                    run.model,
+                    run.tokenizer,
+                    task,
+                    n_pairs=n_pairs,
+                    split=split,
+                    seed=seed,
+                    convention=loss_convention,
+                )
             )
     pretrain, note = _pretrain_loss(run, val_batches)
     click.echo(_table(rows))
@@ -216,7 +244,7 @@ def eval_cmd(
                 "split": split,
                 "n_pairs": n_pairs,
                 "seed": seed,
-                "loss": "binary CE of correct vs wrong logit, mean over prompts (authors' pair sum = 2x)",
+                "loss_convention": loss_convention,
                 "pretrain_val_loss": pretrain,
                 "tasks": {r["task"]: r for r in rows},
             },
