@@ -94,15 +94,12 @@ def validate(
     ablated. The validation prompts `val` only serve to fit the calibrations, which are then frozen.
     """
     widths = {loc: model.location_width(loc) for loc in model.node_locations()}
-    main = FrozenScorer(
-        model,
-        NodeMask(widths, means, ablation),
-        val,
-        test,
-        calibrated,
-        convention,
-        make_donor_source(model, ablation, pretraining, seed),
-    )
+
+    def scorer(kind: str) -> FrozenScorer:
+        donors = make_donor_source(model, kind, pretraining, seed)
+        return FrozenScorer(model, NodeMask(widths, means, kind), val, test, calibrated, convention, donors)
+
+    main = scorer(ablation)
     gen = torch.Generator().manual_seed(seed)
     randoms = [main(random_like(main.test.mask, gates, gen)) for _ in range(n_random)]
     result = {
@@ -118,16 +115,7 @@ def validate(
         "full_model": main(torch.ones_like(gates)).to_json(),
     }
     if pretraining is not None:
-        resample = FrozenScorer(
-            model,
-            NodeMask(widths, None, "resample"),
-            val,
-            test,
-            calibrated,
-            convention,
-            make_donor_source(model, "resample", pretraining, seed),
-        )
-        result["resample"] = resample(gates).to_json()
+        result["resample"] = scorer("resample")(gates).to_json()
     result["verdict"] = sufficiency_verdict(result["sufficiency"], target)
     return result
 
