@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -40,16 +41,21 @@ def dist_env() -> DistEnv:
     )
 
 
-def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU. Under DDP on CUDA each process takes cuda:LOCAL_RANK."""
+def resolve_device(name: str | torch.device, env: DistEnv | None = None) -> torch.device:
+    """The one device resolver of every command: "auto" -> CUDA when available, else CPU; "cpu", "cuda" or
+    "cuda:N" (checked against the GPUs present). Under DDP on CUDA each process takes cuda:LOCAL_RANK."""
     env = env or DistEnv()
+    name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
+    if name == "cuda" or re.fullmatch(r"cuda:\d+", name):
         if not torch.cuda.is_available():
             raise UserError(f"device {name!r} requested but CUDA is not available")
         if name == "cuda":
             name = f"cuda:{env.local_rank}"
+        index, count = int(name.split(":")[1]), torch.cuda.device_count()
+        if index >= count:
+            raise UserError(f"device {name!r} requested but only {count} CUDA device(s) are present")
         torch.cuda.set_device(torch.device(name))
     elif name != "cpu":
         raise UserError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N")
