@@ -349,3 +349,32 @@ def test_mean_cache_falls_back_when_the_run_folder_is_read_only(tmp_path, monkey
     monkeypatch.setenv("SPARSECIRCUITS_CACHE", str(a_file / "cache"))  # nowhere to write: memory only
     third = cached_means(model, a_file / "run", bin_path, n_windows=4)
     assert set(third) == set(first)
+
+
+@pytest.mark.parametrize(
+    "kind, ours",
+    [
+        (
+            "demo",
+            {"demo.json": b'{"models": "shipped", "preset": null}', "eval.json": b"{}", "sparse/x": b"x"},
+        ),
+        (
+            "frontier",
+            {"frontier.json": b'{"models": []}', "frontier.md": b"# table", "cells/a/t.json": b"{}"},
+        ),
+        ("frontier", {"cells/a/model.json": b'{"val_loss": 3.0, "nonzero_params": 5}'}),  # stopped early
+        ("prune", {"summary.json": b'{"tasks_total": 2}', "a.circuit.json": b"{}"}),
+    ],
+)
+def test_force_on_a_legacy_folder_removes_only_its_own_entries(tmp_path, kind, ours):
+    from sparsecircuits.io import prepare_output_dir
+
+    out = _user_folder(tmp_path / kind, ours)
+    assert output_kind(out) == kind
+    with pytest.raises(UserError, match="holds a sparsecircuits"):
+        prepare_output_dir(out, "run", force=True)  # another kind is never replaced
+    prepare_output_dir(out, kind, force=False)  # resume: nothing removed
+    assert all((out / rel).exists() for rel in ours)
+    prepare_output_dir(out, kind, force=True)
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == sorted([MARKER_FILE, *USER_FILES])

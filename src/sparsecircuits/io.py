@@ -128,7 +128,8 @@ def legacy_kind(out: Path) -> str | None:
 
     run/import: config.json with a valid "model" section beside model.safetensors, checkpoints/ or
     tokenizer.json (import: config.json also has the importer's "source" record); dataset: meta.json with
-    content_hash and vocab_size beside train.bin; demo: demo.json naming its models; frontier: frontier.json with "models"; prune:
+    content_hash and vocab_size beside train.bin; demo: demo.json naming its models; frontier: frontier.json
+    with "models" (a sweep stopped before it: cells/NAME/model.json, or a run in models/NAME); prune:
     summary.json with "tasks_total", or a circuit file with "nodes" and "model". Anything else is not ours.
     """
     config = _read_json_object(out / "config.json")
@@ -146,6 +147,11 @@ def legacy_kind(out: Path) -> str | None:
         found = _read_json_object(out / name)
         if found and key in found:
             return kind
+    cells = [_read_json_object(p) for p in sorted(out.glob("cells/*/model.json"))[:1]]
+    if any(c and {"val_loss", "nonzero_params"} <= set(c) for c in cells) or any(
+        legacy_kind(m) == "run" for m in sorted(out.glob("models/*"))[:1] if m.is_dir()
+    ):
+        return "frontier"  # a sweep stopped before its first frontier.json
     for circuit in sorted(out.glob("*.circuit.json"))[:1]:
         found = _read_json_object(circuit)
         if found and {"nodes", "model"} <= set(found):
