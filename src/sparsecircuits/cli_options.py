@@ -60,9 +60,9 @@ class FiniteFloat(click.ParamType):
         return number
 
     def _interval(self) -> str:
-        lo = "-inf" if self.min == -math.inf else f"{self.min:g}"
-        hi = "inf" if self.max == math.inf else f"{self.max:g}"
-        return f"{'(' if self.min_open or self.min == -math.inf else '['}{lo}, {hi}{')' if self.max_open or self.max == math.inf else ']'}"
+        left = "(" if self.min_open or self.min == -math.inf else "["
+        right = ")" if self.max_open or self.max == math.inf else "]"
+        return f"{left}{self.min:g}, {self.max:g}{right}"
 
 
 def count(minimum: int = 1, maximum: int | None = None) -> click.IntRange:
