@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("sparsecircuits.tasks.commands", "eval_cmd"),
     "prune": ("sparsecircuits.circuits.commands", "prune"),
     "validate": ("sparsecircuits.circuits.commands", "validate_cmd"),
+    "describe": ("sparsecircuits.circuits.describe_commands", "describe"),
+    "explain": ("sparsecircuits.circuits.describe_commands", "explain"),
     "view": ("sparsecircuits.viewer.commands", "view"),
     "demo": ("sparsecircuits.experiments.commands", "demo"),
     "frontier": ("sparsecircuits.experiments.commands", "frontier"),
