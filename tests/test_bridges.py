@@ -27,7 +27,7 @@ from sparsecircuits.bridges.steer import (
     steer,
     target_probs,
 )
-from sparsecircuits.bridges.train import bridged_step, build_bridged_optimizer, fractions
+from sparsecircuits.bridges.train import bridged_step, build_bridged_optimizer
 from sparsecircuits.circuits.means import model_content_hash
 from sparsecircuits.data.build import BuildConfig, build_dataset
 from sparsecircuits.errors import UserError
@@ -36,6 +36,7 @@ from sparsecircuits.run import load_run, load_tensors
 from sparsecircuits.tasks.evaluate import TaskBatch
 from sparsecircuits.tasks.tokens import REQUIRED_TOKENS
 from sparsecircuits.train.config import TrainConfig
+from sparsecircuits.train.schedules import fractions
 from sparsecircuits.train.sparsity import WeightSparsifier, kept_count
 from sparsecircuits.train.trainer import train
 

@@ -1,6 +1,7 @@
 """Joint training of a weight-sparse model and its bridges against a frozen dense model (PAPER.md 11.3).
 
-One step is the trainer's step (train/trainer.py) with the bridged loss in place of the LM loss:
+`BridgeTrainer` is the trainer (train/trainer.py: its loop, schedules, logging and checkpoints) with the
+bridged loss in place of the LM loss and the bridges' terms measured at every evaluation. One step:
   1. forward + backward of `bridge_losses` (LM + NMSE + KL_d->s + KL_s->d) on one batch;
   2. clip the global gradient RMS (sparse model and bridges together);
   3. AdamW with the sharkfin LR, fp32 master weights (bf16 autocast on CUDA);
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from sparsecircuits.bridges.config import BridgeConfig, build_bridge_config, split_sets
 from sparsecircuits.bridges.files import (
@@ -38,23 +37,20 @@ from sparsecircuits.bridges.files import (
 from sparsecircuits.bridges.losses import bridge_losses, read_sites
 from sparsecircuits.bridges.modules import BridgedModel, Bridges, check_compatible
 from sparsecircuits.circuits.means import model_content_hash
-from sparsecircuits.data.shards import TokenSampler, iter_eval_batches
+from sparsecircuits.data.shards import iter_eval_batches
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.errors import UserError
 from sparsecircuits.model.gpt import GPT
-from sparsecircuits.run import METRICS_FILE, MODEL_FILE, Run, load_run, save_model
-from sparsecircuits.train import checkpoint as ckpt
+from sparsecircuits.run import MODEL_FILE, Run, load_run
 from sparsecircuits.train.config import TrainConfig
 from sparsecircuits.train.distributed import DistEnv, autocast, dist_env, resolve_device
-from sparsecircuits.train.evaluate import evaluate_loss
-from sparsecircuits.train.schedules import l0_fraction, quirk_fraction, sharkfin_lr
 from sparsecircuits.train.sparsity import WeightSparsifier
 from sparsecircuits.train.trainer import (
     RunSetup,
+    Trainer,
     build_optimizer,
-    check_finite_loss,
-    clip_grad_rms_,
     create_run_dir,
+    optimizer_step,
     prepare_run,
 )
 
@@ -164,18 +160,6 @@ def _to_device(dense: Run, cfg: TrainConfig) -> Run:
     return dense
 
 
-def fractions(cfg: TrainConfig, step: int) -> tuple[float, float | None]:
-    """(main L0 fraction, paper_quirk fraction or None) after optimizer step `step`, as in the Trainer."""
-    main = l0_fraction(step, cfg.steps, cfg.l0_target, cfg.anneal_frac)
-    if cfg.sparsity_schedule != "paper_quirk":
-        return main, None
-    return main, quirk_fraction(step, cfg.steps, cfg.l0_target, cfg.quirk_start_frac, cfg.quirk_ramp_steps)
-
-
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    return sharkfin_lr(step, cfg.steps, cfg.lr, cfg.l0_target, cfg.anneal_frac, cfg.warmup_frac)
-
-
 def build_bridged_optimizer(
     model: BridgedModel, cfg: TrainConfig, device: torch.device
 ) -> tuple[torch.optim.AdamW, list[str]]:
@@ -199,21 +183,13 @@ def bridged_step(
     cfg: TrainConfig,
     step: int,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """One optimizer step (module docstring) on window [B, T + 1].
+    """One optimizer step (module docstring) on window [B, T + 1]: the bridged loss, then the trainer's step.
 
     Returns (loss terms detached and summed over sites, 0-d each; grad RMS before clipping), no host sync."""
-    lr = learning_rate(cfg, step)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    device = window.device
-    with autocast(device, cfg.dtype):
+    with autocast(window.device, cfg.dtype):
         terms = bridge_losses(model, dense, window[:, :-1], window[:, 1:], bridge_cfg)
-    opt.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    grad_rms = clip_grad_rms_(list(model.parameters()), cfg.grad_rms_clip)
-    opt.step()
-    sparsifier.apply(*fractions(cfg, step))
-    return {k: v.detach().sum() for k, v in terms.items()}, grad_rms.detach()
+    grad_rms = optimizer_step(terms["loss"], list(model.parameters()), opt, sparsifier, cfg, step)
+    return {k: v.detach().sum() for k, v in terms.items()}, grad_rms
 
 
 # ---- measurements --------------------------------------------------------------------------------
@@ -261,204 +237,104 @@ def evaluate_bridges(
 # ---- the trainer ---------------------------------------------------------------------------------
 
 
-class BridgeTrainer:
-    def __init__(self, setup: BridgedSetup, progress: bool = True):
-        self.setup, self.run, self.cfg = setup, setup.run, setup.run.train_cfg
-        self.progress = progress
-        self.device = resolve_device(self.cfg.device)
-        self.dense = setup.dense.model
-        torch.manual_seed(self.cfg.seed)  # the sparse model starts as `train` would start it
-        sparse = GPT(self.run.model_cfg)
-        if setup.init is not None and self.run.resume_from is None:
-            sparse.load_state_dict(setup.init.model.state_dict())  # loaded and checked by _check_init
-        sparse.to(self.device)
-        bridges = Bridges.for_models(sparse, self.dense, setup.bridge_cfg).to(self.device)
-        self.model = BridgedModel(sparse, bridges)
-        self.sparsifier = WeightSparsifier(sparse, self.cfg.min_fan)
-        self.opt, self.opt_names = build_bridged_optimizer(self.model, self.cfg, self.device)
-        self.sampler = TokenSampler(self.run.data.train_bin, self.run.model_cfg.n_ctx)
-        self.data_gen = torch.Generator().manual_seed(self.cfg.seed + 1)
-        self.step = 0
-        if self.run.resume_from is not None:
-            state = ckpt.load_checkpoint(self.run.resume_from, self.model, self.opt, self.opt_names)
-            ckpt.restore_rng_states(state["rng"], self.data_gen)
-            self.step = int(state["step"])
-        else:
-            self.sparsifier.apply(*fractions(self.cfg, -1))
+class BridgeTrainer(Trainer):
+    """The trainer (train/trainer.py) with the bridged loss, the bridges' evaluation and their files.
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.cfg.batch_size * self.run.model_cfg.n_ctx
+    `self.model` is the sparse GPT (sparsified, evaluated, saved as model.safetensors); `self.module` is the
+    BridgedModel (sparse GPT and bridges: optimized and checkpointed); `self.dense` stays frozen."""
+
+    desc = "bridges"
+    what = "bridged training"
+    advice = "Lower train.lr"
+
+    def __init__(self, setup: BridgedSetup, progress: bool = True):
+        self.bridged, self.dense = setup, setup.dense.model
+        super().__init__(setup.run, DistEnv(), progress)
+
+    def build_model(self) -> tuple[GPT, BridgedModel]:
+        sparse = GPT(self.setup.model_cfg)  # seeded by the trainer: starts as `train` would start it
+        if self.bridged.init is not None and self.setup.resume_from is None:
+            sparse.load_state_dict(self.bridged.init.model.state_dict())  # loaded and checked by _check_init
+        sparse.to(self.device)
+        bridges = Bridges.for_models(sparse, self.dense, self.bridged.bridge_cfg).to(self.device)
+        return sparse, BridgedModel(sparse, bridges)
+
+    def build_optimizer(self) -> tuple[torch.optim.AdamW, list[str]]:
+        return build_bridged_optimizer(self.module, self.cfg, self.device)
 
     def train_step(self, step: int) -> tuple[dict[str, Tensor], Tensor]:
         """Optimizer step `step` (0-based) on the next batch. Returns (loss terms, grad RMS before clipping)."""
-        w = self.sampler.batch(self.cfg.batch_size, self.data_gen).to(self.device)
+        w = self.next_batch().to(self.device)
         return bridged_step(
-            self.model, self.dense, self.opt, self.sparsifier, w, self.setup.bridge_cfg, self.cfg, step
+            self.module, self.dense, self.opt, self.sparsifier, w, self.bridged.bridge_cfg, self.cfg, step
         )
 
     def eval_windows(self) -> list[Tensor]:
-        cfg = self.cfg
+        cfg, run = self.cfg, self.setup
         return list(
-            iter_eval_batches(
-                self.run.data.val_bin, self.run.model_cfg.n_ctx, cfg.eval_batch_size, cfg.eval_batches
-            )
+            iter_eval_batches(run.data.val_bin, run.model_cfg.n_ctx, cfg.eval_batch_size, cfg.eval_batches)
         )
 
-    def evaluate(self) -> dict[str, Any]:
-        cfg = self.cfg
-        out = {
-            "val_loss": evaluate_loss(
-                self.model.sparse, self.run.data.val_bin, cfg.eval_batches, cfg.eval_batch_size, cfg.dtype
-            )
+    def extra_eval(self) -> dict[str, Any]:
+        return evaluate_bridges(
+            self.module, self.dense, self.eval_windows(), self.bridged.bridge_cfg, self.cfg.dtype
+        )
+
+    def param_counts(self) -> dict[str, int]:
+        return {
+            "params": self.model.num_params(),
+            "bridge_params": sum(p.numel() for p in self.module.bridges.parameters()),
         }
-        out.update(
-            evaluate_bridges(self.model, self.dense, self.eval_windows(), self.setup.bridge_cfg, cfg.dtype)
-        )
-        return out
 
-    # -- the loop --
-
-    def fit(self) -> dict[str, Any]:
-        """Train to cfg.steps with logging, evaluation and checkpoints; then write the final files."""
-        cfg, run_dir = self.cfg, self.run.run_dir
-        ckpt.trim_metrics(run_dir / METRICS_FILE, self.step)
-        self._say(self._summary())
-        t_start = time.perf_counter()
-        last: dict[str, Any] = {}
-        with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as log:
-            if self.step == 0:
-                last = self._start_record()
-                ckpt.append_metrics(log, last)
-            bar = tqdm(
-                total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", desc="bridges"
-            )
-            sums: dict[str, Tensor] = {}
-            since, t_last = 0, time.perf_counter()
-            while self.step < cfg.steps:
-                step = self.step
-                terms, grad_rms = self.train_step(step)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0) + v
-                since += 1
-                self.step += 1
-                bar.update(1)
-                if not self._record_due(self.step):
-                    continue
-                means = {k: v.item() / since for k, v in sums.items()}
-                check_finite_loss(
-                    means["loss"], self.step, self.run.run_dir, "bridged training", "Lower train.lr"
-                )
-                dt = time.perf_counter() - t_last
-                last = self._record(step, means, grad_rms, since * self.tokens_per_step / dt)
-                ckpt.append_metrics(log, last)
-                bar.set_postfix(_postfix(means), refresh=False)
-                if self._due(self.step, cfg.ckpt_every):
-                    self.save_checkpoint()
-                sums, since, t_last = {}, 0, time.perf_counter()
-            bar.close()
-        self._finish(last)
-        self._say(
-            f"done: sparse val loss {last.get('val_loss', math.nan):.4f}, val KL d->s {last.get('val_kl_ds', math.nan):.4f}, "
-            f"KL s->d {last.get('val_kl_sd', math.nan):.4f} after {self.step} steps, {time.perf_counter() - t_start:.0f} s; "
-            f"{run_dir}"
-        )
-        return last
-
-    def _finish(self, last: dict[str, Any]) -> None:
+    def save_final(self, last: dict[str, Any]) -> None:
         """Bridges, reference RMS and final metrics, then model.safetensors last (its presence means done)."""
-        run_dir = self.run.run_dir
-        sites = self.model.bridges.sites
+        run_dir = self.setup.run_dir
+        sites = self.module.bridges.sites
         windows = [w[:, :-1] for w in self.eval_windows()]
         meta = read_meta(run_dir)
         meta["reference_rms"] = {
-            "data": "validation windows of " + str(self.run.data.path.resolve()),
-            "sparse": residual_rms(self.model.sparse, windows, sites),
+            "data": "validation windows of " + str(self.setup.data.path.resolve()),
+            "sparse": residual_rms(self.model, windows, sites),
             "dense": residual_rms(self.dense, windows, sites),
         }
         meta["final"] = {k: v for k, v in last.items() if k.startswith("val_") or k in ("step", "tokens")}
-        save_bridges(run_dir, self.model.bridges)
+        save_bridges(run_dir, self.module.bridges)
         write_meta(run_dir, meta)
-        save_model(self.model.sparse, run_dir / MODEL_FILE)
+        super().save_final(last)
 
-    def _say(self, text: str) -> None:
-        if self.progress:
-            tqdm.write(text)
-
-    def _summary(self) -> str:
-        m, d, c = self.run.model_cfg, self.dense.cfg, self.cfg
-        b = self.model.bridges
+    def summary(self) -> str:
+        m, d, c = self.setup.model_cfg, self.dense.cfg, self.cfg
+        b = self.module.bridges
         k = "off" if b.k is None else str(b.k)
-        bc = self.setup.bridge_cfg
+        bc = self.bridged.bridge_cfg
         return "\n".join(
             [
-                f"{'resuming' if self.step else 'training'} bridged run {self.run.run_dir} on {self.device}",
-                f"  sparse: {m.n_layer} layers, d_model {m.d_model}, L0 {c.l0_target:g}; dense {self.setup.dense.path}: "
-                f"d_model {d.d_model}",
+                f"{'resuming' if self.step else 'training'} bridged run {self.setup.run_dir} on {self.device}",
+                f"  sparse: {m.n_layer} layers, d_model {m.d_model}, L0 {c.l0_target:g}; "
+                f"dense {self.bridged.dense.path}: d_model {d.d_model}",
                 f"  {len(b)} bridges ({', '.join(b.sites)}), encoder AbsTopK k {k}; coefficients lm {bc.coef_lm:g}, "
                 f"nmse {bc.coef_nmse:g}, kl_ds {bc.coef_kl_ds:g}, kl_sd {bc.coef_kl_sd:g}",
                 f"  {c.steps} steps x {self.tokens_per_step:,} tokens, lr {c.lr:g}",
             ]
         )
 
-    def _due(self, step: int, every: int) -> bool:
-        return step == self.cfg.steps or (every > 0 and step % every == 0)
+    def done_message(self, last: dict[str, Any], seconds: float) -> str:
+        def val(key: str) -> float:
+            return last.get(key, math.nan)
 
-    def _record_due(self, step: int) -> bool:
-        c = self.cfg
-        return step % c.log_every == 0 or self._due(step, c.eval_every) or self._due(step, c.ckpt_every)
-
-    def _start_record(self) -> dict[str, Any]:
-        return {
-            "step": 0,
-            "tokens": 0,
-            "params": self.model.sparse.num_params(),
-            "bridge_params": sum(p.numel() for p in self.model.bridges.parameters()),
-            "sparsified_params": self.sparsifier.numel(),
-            "nonzero": self.sparsifier.nonzero(),
-            "bigram_val_loss": self.run.bigram_val_loss,
-            **self.evaluate(),
-        }
-
-    def _record(
-        self, step: int, means: dict[str, float], grad_rms: Tensor, tokens_per_s: float
-    ) -> dict[str, Any]:
-        nonzero = self.sparsifier.nonzero()
-        rec: dict[str, Any] = {
-            "step": self.step,
-            "tokens": self.step * self.tokens_per_step,
-            **means,
-            "lr": learning_rate(self.cfg, step),
-            "l0_frac": fractions(self.cfg, step)[0],
-            "nonzero": nonzero,
-            "nonzero_frac": nonzero / self.sparsifier.numel(),
-            "tokens_per_s": tokens_per_s,
-            "grad_rms": grad_rms.item(),
-        }
-        if self._due(self.step, self.cfg.eval_every):
-            rec.update(self.evaluate())
-        return rec
-
-    def save_checkpoint(self) -> None:
-        state = {
-            "step": self.step,
-            "tokens": self.step * self.tokens_per_step,
-            "rng": ckpt.rng_states(self.data_gen),
-            "world_size": 1,
-        }
-        ckpt.save_checkpoint(
-            self.run.run_dir, self.model, self.opt, self.opt_names, state, self.cfg.keep_checkpoints
+        return (
+            f"done: sparse val loss {val('val_loss'):.4f}, val KL d->s {val('val_kl_ds'):.4f}, "
+            f"KL s->d {val('val_kl_sd'):.4f} after {self.step} steps, {seconds:.0f} s; {self.setup.run_dir}"
         )
 
-
-def _postfix(means: dict[str, float]) -> dict[str, str]:
-    shown = {"loss": means["loss"], "lm": means["lm"]}
-    if "nmse_enc" in means:
-        shown["nmse"] = means["nmse_enc"] + means["nmse_dec"]
-    for k in ("kl_ds", "kl_sd"):
-        if k in means:
-            shown[k] = means[k]
-    return {k: f"{v:.3f}" for k, v in shown.items()}
+    def postfix(self, rec: dict[str, Any]) -> dict[str, str]:
+        shown = {"loss": rec["loss"], "lm": rec["lm"]}
+        if "nmse_enc" in rec:
+            shown["nmse"] = rec["nmse_enc"] + rec["nmse_dec"]
+        for k in ("kl_ds", "kl_sd"):
+            if k in rec:
+                shown[k] = rec[k]
+        return {k: f"{v:.3f}" for k, v in shown.items()}
 
 
 def train_bridges(

@@ -7,13 +7,20 @@ Step conventions (`steps` optimizer steps in total, numbered 0 .. steps-1):
 - `l0_fraction(step)` is the nonzero fraction enforced *after* optimizer step `step`. Annealing is linear
   in the progress t = (step + 1) / steps, so the last annealing step lands exactly on the target and the
   final weights always have the target fraction.
-- `lr_at(step)` is the learning rate used *by* optimizer step `step`. Warmup counts the current step
+- `sharkfin_lr(step)` is the learning rate used *by* optimizer step `step`. Warmup counts the current step
   (nanoGPT style), so step 0 already has a small nonzero LR instead of a wasted step with LR 0.
+
+`fractions(cfg, step)` and `learning_rate(cfg, step)` read a run's TrainConfig; every trainer (the LM trainer
+and bridge training) takes its schedules from these two.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sparsecircuits.train.config import TrainConfig
 
 
 def l0_fraction(step: int, steps: int, target: float, anneal_frac: float) -> float:
@@ -71,3 +78,16 @@ def quirk_fraction(step: int, steps: int, target: float, start_frac: float, ramp
         return 1.0
     t = (step - start + 1) / max(1, ramp_steps)
     return target if t >= 1.0 else 1.0 - (1.0 - target) * t
+
+
+def fractions(cfg: TrainConfig, step: int) -> tuple[float, float | None]:
+    """(main L0 fraction, `paper_quirk` fraction or None) enforced after optimizer step `step` (-1: at init)."""
+    main = l0_fraction(step, cfg.steps, cfg.l0_target, cfg.anneal_frac)
+    if cfg.sparsity_schedule != "paper_quirk":
+        return main, None
+    return main, quirk_fraction(step, cfg.steps, cfg.l0_target, cfg.quirk_start_frac, cfg.quirk_ramp_steps)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The sharkfin learning rate used by optimizer step `step` of a run with config `cfg`."""
+    return sharkfin_lr(step, cfg.steps, cfg.lr, cfg.l0_target, cfg.anneal_frac, cfg.warmup_frac)

@@ -49,7 +49,7 @@ from sparsecircuits.train import checkpoint as ckpt
 from sparsecircuits.train.config import TrainConfig, build_config
 from sparsecircuits.train.distributed import DistEnv, autocast, barrier, dist_env, resolve_device
 from sparsecircuits.train.evaluate import bigram_baseline_loss, evaluate_loss
-from sparsecircuits.train.schedules import l0_fraction, quirk_fraction, sharkfin_lr
+from sparsecircuits.train.schedules import fractions, learning_rate
 from sparsecircuits.train.sparsity import WeightSparsifier, kept_count
 
 
@@ -221,10 +221,49 @@ def clip_grad_rms_(params: Sequence[Tensor], max_rms: float) -> Tensor:
     return norm / math.sqrt(n)
 
 
+# ---- one optimizer step --------------------------------------------------------------------------
+
+
+def optimizer_step(
+    loss: Tensor,
+    params: Sequence[Tensor],
+    opt: torch.optim.Optimizer,
+    sparsifier: WeightSparsifier,
+    cfg: TrainConfig,
+    step: int,
+) -> Tensor:
+    """Steps 2-4 of the module docstring once the forward has produced the 0-d `loss` of step `step`:
+    backward, clip the gradient RMS of `params`, AdamW at the sharkfin LR, projection to the step's L0.
+
+    Returns the gradient RMS before clipping (0-d, detached, no host sync)."""
+    lr = learning_rate(cfg, step)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_rms = clip_grad_rms_(params, cfg.grad_rms_clip)
+    opt.step()
+    sparsifier.apply(*fractions(cfg, step))
+    return grad_rms.detach()
+
+
 # ---- the trainer ---------------------------------------------------------------------------------
+
+Terms = Tensor | dict[str, Tensor]  # a step's loss: 0-d, or named 0-d terms with the total under "loss"
 
 
 class Trainer:
+    """The training loop: steps, logging, evaluation, checkpoints and the final model.
+
+    Subclasses change what is trained and how it is scored through a few hooks (bridges/train.py):
+    `build_model`, `build_optimizer`, `train_step`, `extra_eval`, `save_final`, `summary`, `postfix`.
+    `self.model` is the GPT that is sparsified, evaluated and saved as model.safetensors; `self.module`
+    is everything the optimizer updates and the checkpoints hold (the GPT itself here)."""
+
+    desc = "train"  # progress bar label
+    what = "training"  # how a diverged loss is named
+    advice = "Lower train.lr or raise train.eps"  # what to change after a diverged loss
+
     def __init__(self, setup: RunSetup, env: DistEnv | None = None, progress: bool = True):
         self.setup, self.cfg = setup, setup.train_cfg
         self.env = env or DistEnv()
@@ -232,13 +271,13 @@ class Trainer:
         self.device = resolve_device(self.cfg.device, self.env)
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # same init on every rank
-        self.model = GPT(setup.model_cfg).to(self.device)
+        self.model, self.module = self.build_model()
         self.sparsifier = WeightSparsifier(self.model, cfg.min_fan)
-        self.opt, self.opt_names = build_optimizer(self.model, cfg, self.device)
-        self.net: nn.Module = self.model
+        self.opt, self.opt_names = self.build_optimizer()
+        self.net: nn.Module = self.module
         if self.env.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            self.net = DistributedDataParallel(self.module, device_ids=ids)
         self.sampler = TokenSampler(setup.data.train_bin, setup.model_cfg.n_ctx)
         self.data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # data order, independent of init
         self.step = 0  # optimizer steps completed
@@ -247,21 +286,68 @@ class Trainer:
         else:
             self.sparsifier.apply(*self.fractions(-1))  # dense unless anneal_frac == 0
 
+    # -- hooks --
+
+    def build_model(self) -> tuple[GPT, nn.Module]:
+        """(the GPT to sparsify, evaluate and save; the module to optimize and checkpoint), on the device."""
+        model = GPT(self.setup.model_cfg).to(self.device)
+        return model, model
+
+    def build_optimizer(self) -> tuple[torch.optim.AdamW, list[str]]:
+        return build_optimizer(self.module, self.cfg, self.device)
+
+    def extra_eval(self) -> dict[str, Any]:
+        """Measurements recorded next to val_loss at every evaluation (none for plain training)."""
+        return {}
+
+    def save_final(self, last: dict[str, Any]) -> None:
+        """Write the finished run's files; model.safetensors last (its presence means done)."""
+        save_model(self.model, self.setup.run_dir / FINAL_MODEL_FILE)
+
+    def summary(self) -> str:
+        m, c = self.setup.model_cfg, self.cfg
+        n_sparse = self.sparsifier.numel()
+        target = sum(kept_count(c.l0_target, t.param.numel()) for t in self.sparsifier.tensors)
+        afrac = "off" if m.afrac >= 1 else f"{m.afrac:g}"
+        bigram = self.setup.bigram_val_loss
+        lines = [
+            f"{'resuming' if self.step else 'training'} {self.setup.run_dir} on {self.device}"
+            + (f" x {self.env.world_size} processes" if self.env.enabled else "")
+            + (f" from step {self.step}" if self.step else ""),
+            f"  model: {m.n_layer} layers, d_model {m.d_model}, {self.model.num_params():,} params; "
+            f"{n_sparse:,} sparsified -> {target:,} nonzero at L0 {c.l0_target:g}; AbsTopK afrac {afrac}",
+            f"  {c.steps} steps x {self.tokens_per_step:,} tokens, lr {c.lr:g}, eps {c.eps:g}"
+            + (f"; bigram baseline val loss {bigram:.4f}" if bigram is not None else ""),
+        ]
+        return "\n".join(lines)
+
+    def done_message(self, last: dict[str, Any], seconds: float) -> str:
+        bigram = self.setup.bigram_val_loss
+        vs = f" (bigram baseline {bigram:.4f})" if bigram is not None else ""
+        return (
+            f"done: val loss {last.get('val_loss', float('nan')):.4f}{vs} after {self.step} steps, "
+            f"{seconds:.0f} s; weights in {self.setup.run_dir / FINAL_MODEL_FILE}"
+        )
+
+    def postfix(self, rec: dict[str, Any]) -> dict[str, str]:
+        """What the progress bar shows after a metrics record."""
+        return {
+            "loss": f"{rec['loss']:.3f}",
+            "tok_s": f"{rec['tokens_per_s']:.0f}",
+            "L0": f"{rec['l0_frac']:.3g}",
+        }
+
+    def param_counts(self) -> dict[str, int]:
+        return {"params": self.model.num_params()}
+
     # -- schedules --
 
     def fractions(self, step: int) -> tuple[float, float | None]:
         """(main L0 fraction, paper_quirk fraction or None) enforced after optimizer step `step`."""
-        cfg = self.cfg
-        main = l0_fraction(step, cfg.steps, cfg.l0_target, cfg.anneal_frac)
-        if cfg.sparsity_schedule != "paper_quirk":
-            return main, None
-        return main, quirk_fraction(
-            step, cfg.steps, cfg.l0_target, cfg.quirk_start_frac, cfg.quirk_ramp_steps
-        )
+        return fractions(self.cfg, step)
 
     def lr(self, step: int) -> float:
-        cfg = self.cfg
-        return sharkfin_lr(step, cfg.steps, cfg.lr, cfg.l0_target, cfg.anneal_frac, cfg.warmup_frac)
+        return learning_rate(self.cfg, step)
 
     @property
     def tokens_per_step(self) -> int:
@@ -279,22 +365,20 @@ class Trainer:
         share = self.cfg.batch_size // self.env.world_size
         return batch[self.env.rank * share : (self.env.rank + 1) * share]
 
-    def train_step(self, step: int) -> tuple[Tensor, Tensor]:
-        """Run optimizer step `step` (0-based). Returns (loss, grad RMS before clipping), 0-d tensors."""
-        lr = self.lr(step)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+    def train_step(self, step: int) -> tuple[Terms, Tensor]:
+        """Run optimizer step `step` (0-based). Returns (loss, grad RMS before clipping), 0-d tensors.
+
+        A subclass may return named terms instead of the loss ({"loss": total, ...}, 0-d each): the loop
+        logs the mean of each."""
         w = self.next_batch().to(self.device, non_blocking=True)
         x, y = w[:, :-1], w[:, 1:]
         with autocast(self.device, self.cfg.dtype):
             logits = self.net(x)  # [B, T, V] float32
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_rms = clip_grad_rms_(list(self.model.parameters()), self.cfg.grad_rms_clip)
-        self.opt.step()
-        self.sparsifier.apply(*self.fractions(step))
-        return loss.detach(), grad_rms.detach()
+        grad_rms = optimizer_step(
+            loss, list(self.module.parameters()), self.opt, self.sparsifier, self.cfg, step
+        )
+        return loss.detach(), grad_rms
 
     # -- the loop --
 
@@ -305,7 +389,7 @@ class Trainer:
         last: dict[str, Any] = {}
         if self.env.is_main:
             ckpt.trim_metrics(metrics_path, self.step)
-        self._say(self._summary())
+        self._say(self.summary())
         t_start = time.perf_counter()
         with open(metrics_path, "a", encoding="utf-8") if self.env.is_main else _NullFile() as log:
             if self.step == 0:
@@ -317,67 +401,40 @@ class Trainer:
                 disable=not self.progress,
                 unit="step",
                 dynamic_ncols=True,
-                desc="train",
+                desc=self.desc,
             )
-            loss_sum = torch.zeros((), device=self.device)
+            sums: dict[str, Tensor] = {}
             since, t_last = 0, time.perf_counter()
             while self.step < cfg.steps:
                 step = self.step
-                loss, grad_rms = self.train_step(step)
-                loss_sum += loss
+                terms, grad_rms = self.train_step(step)
+                for name, value in (terms if isinstance(terms, dict) else {"loss": terms}).items():
+                    sums[name] = sums[name] + value if name in sums else value.clone()
                 since += 1
                 self.step += 1
                 bar.update(1)
                 if not self._record_due(self.step):
                     continue
-                loss_mean = self._global_mean(loss_sum / since)
+                means = self._global_means(sums, since)
                 dt = time.perf_counter() - t_last
-                last = self._record(step, loss_mean, grad_rms, since * self.tokens_per_step / dt)
+                last = self._record(step, means, grad_rms, since * self.tokens_per_step / dt)
                 ckpt.append_metrics(log, last)
-                bar.set_postfix(
-                    loss=f"{loss_mean:.3f}",
-                    tok_s=f"{last['tokens_per_s']:.0f}",
-                    L0=f"{last['l0_frac']:.3g}",
-                    refresh=False,
-                )
+                bar.set_postfix(self.postfix(last), refresh=False)
                 if self._due(self.step, cfg.ckpt_every):
                     self.save_checkpoint()
-                loss_sum.zero_()
-                since, t_last = 0, time.perf_counter()
+                sums, since, t_last = {}, 0, time.perf_counter()
             bar.close()
         if self.env.is_main:
             if not last:  # resumed from the final checkpoint of a run killed before it saved the model
-                last = {"step": self.step, "val_loss": self.validation_loss()}
-            save_model(self.model, run_dir / FINAL_MODEL_FILE)
-            bigram = self.setup.bigram_val_loss
-            vs = f" (bigram baseline {bigram:.4f})" if bigram is not None else ""
-            self._say(
-                f"done: val loss {last.get('val_loss', float('nan')):.4f}{vs} after {self.step} steps, "
-                f"{time.perf_counter() - t_start:.0f} s; weights in {run_dir / FINAL_MODEL_FILE}"
-            )
+                last = {"step": self.step, **self.evaluate()}
+            self.save_final(last)
+            self._say(self.done_message(last, time.perf_counter() - t_start))
         barrier(self.env)
         return last
 
     def _say(self, text: str) -> None:
         if self.progress:
             tqdm.write(text)
-
-    def _summary(self) -> str:
-        m, c = self.setup.model_cfg, self.cfg
-        n_sparse = self.sparsifier.numel()
-        target = sum(kept_count(c.l0_target, t.param.numel()) for t in self.sparsifier.tensors)
-        afrac = "off" if m.afrac >= 1 else f"{m.afrac:g}"
-        bigram = self.setup.bigram_val_loss
-        lines = [
-            f"{'resuming' if self.step else 'training'} {self.setup.run_dir} on {self.device}"
-            + (f" x {self.env.world_size} processes" if self.env.enabled else "")
-            + (f" from step {self.step}" if self.step else ""),
-            f"  model: {m.n_layer} layers, d_model {m.d_model}, {self.model.num_params():,} params; "
-            f"{n_sparse:,} sparsified -> {target:,} nonzero at L0 {c.l0_target:g}; AbsTopK afrac {afrac}",
-            f"  {c.steps} steps x {self.tokens_per_step:,} tokens, lr {c.lr:g}, eps {c.eps:g}"
-            + (f"; bigram baseline val loss {bigram:.4f}" if bigram is not None else ""),
-        ]
-        return "\n".join(lines)
 
     def _record_due(self, step: int) -> bool:
         cfg = self.cfg
@@ -386,36 +443,39 @@ class Trainer:
     def _due(self, step: int, every: int) -> bool:
         return step == self.cfg.steps or (every > 0 and step % every == 0)
 
-    def _global_mean(self, value: Tensor) -> float:
-        """Average a 0-d tensor over ranks (every rank gets the same value, so all stop together on NaN)."""
+    def _global_means(self, sums: dict[str, Tensor], since: int) -> dict[str, float]:
+        """Mean of each summed term over the last `since` steps and over ranks (every rank gets the same
+        values, so all stop together on a non-finite loss)."""
+        value = torch.stack(list(sums.values())) / since
         if self.env.enabled:
-            value = value.clone()
             dist.all_reduce(value)  # SUM: gloo has no AVG
             value /= self.env.world_size
-        out = value.item()
-        check_finite_loss(out, self.step, self.setup.run_dir, "training", "Lower train.lr or raise train.eps")
-        return out
+        means = dict(zip(sums, value.tolist()))
+        check_finite_loss(means["loss"], self.step, self.setup.run_dir, self.what, self.advice)
+        return means
 
     def _start_record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {
             "step": 0,
             "tokens": 0,
-            "params": self.model.num_params(),
+            **self.param_counts(),
             "sparsified_params": self.sparsifier.numel(),
             "nonzero": self.sparsifier.nonzero(),
             "bigram_val_loss": self.setup.bigram_val_loss,
         }
         if self.env.is_main:
-            rec["val_loss"] = self.validation_loss()
+            rec.update(self.evaluate())
         return rec
 
-    def _record(self, step: int, loss: float, grad_rms: Tensor, tokens_per_s: float) -> dict[str, Any]:
+    def _record(
+        self, step: int, means: dict[str, float], grad_rms: Tensor, tokens_per_s: float
+    ) -> dict[str, Any]:
         """Metrics after optimizer step `step` (self.step == step + 1)."""
         nonzero = self.sparsifier.nonzero()
         rec: dict[str, Any] = {
             "step": self.step,
             "tokens": self.step * self.tokens_per_step,
-            "loss": loss,
+            **means,
             "lr": self.lr(step),
             "l0_frac": self.fractions(step)[0],
             "nonzero": nonzero,
@@ -424,8 +484,12 @@ class Trainer:
             "grad_rms": grad_rms.item(),
         }
         if self.env.is_main and self._due(self.step, self.cfg.eval_every):
-            rec["val_loss"] = self.validation_loss()
+            rec.update(self.evaluate())
         return rec
+
+    def evaluate(self) -> dict[str, Any]:
+        """{"val_loss": ..., **extra_eval()} on the validation split."""
+        return {"val_loss": self.validation_loss(), **self.extra_eval()}
 
     def validation_loss(self) -> float:
         return evaluate_loss(
@@ -440,7 +504,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.env.enabled:
-            check_replicas_identical(self.model)
+            check_replicas_identical(self.module)
         if self.env.is_main:
             state = {
                 "step": self.step,
@@ -449,12 +513,12 @@ class Trainer:
                 "world_size": self.env.world_size,
             }
             ckpt.save_checkpoint(
-                self.setup.run_dir, self.model, self.opt, self.opt_names, state, self.cfg.keep_checkpoints
+                self.setup.run_dir, self.module, self.opt, self.opt_names, state, self.cfg.keep_checkpoints
             )
         barrier(self.env)
 
     def _load(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, self.model, self.opt, self.opt_names)
+        state = ckpt.load_checkpoint(path, self.module, self.opt, self.opt_names)
         ckpt.restore_rng_states(state["rng"], self.data_gen)
         self.step = int(state["step"])
 
