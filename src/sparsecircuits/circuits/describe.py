@@ -190,6 +190,9 @@ class PretrainingStats:
     active: Tensor  # [n] positions with a nonzero activation
     n_positions: int
 
+    def __post_init__(self) -> None:
+        self.flat_tokens: list[int] = self.tokens.reshape(-1).tolist()  # fast lookups per example
+
 
 def _merge(
     values: Tensor, positions: Tensor, new: Tensor, new_pos: Tensor, largest: bool
@@ -267,18 +270,18 @@ def _side(stats: PretrainingStats, j: int, top: bool, texts: list[str], decode: 
     """Evidence of one side (top or bottom) of node column j: examples, shared token, previous token, class."""
     values = (stats.top_values if top else stats.bottom_values)[:, j].tolist()
     positions = (stats.top_positions if top else stats.bottom_positions)[:, j].tolist()
-    flat, T = stats.tokens.reshape(-1), stats.tokens.shape[1]
+    flat, T = stats.flat_tokens, stats.tokens.shape[1]
     kept = [(v, p) for v, p in zip(values, positions) if v != 0]
-    ids = [int(flat[p]) for _, p in kept]
+    ids = [flat[p] for _, p in kept]
     token, token_share = _mode(ids)
-    prev = [int(flat[p - 1]) for (_, p), i in zip(kept, ids) if i == token]
+    prev = [flat[p - 1] for (_, p), i in zip(kept, ids) if i == token]
     after, after_share = _mode(prev)
     cls, cls_share = _mode([token_class(texts[i]) for i in ids])
     examples = []
     for v, p in kept[:SHOWN]:
         w, t = divmod(p, T)
         left = stats.tokens[w, max(0, t - CONTEXT) : t].tolist()
-        examples.append({"token": texts[int(flat[p])], "context": decode(left), "act": _r(v)})
+        examples.append({"token": texts[flat[p]], "context": decode(left), "act": _r(v)})
     return {
         "mean": _r(sum(v for v, _ in kept) / len(kept)) if kept else 0.0,
         "n": len(kept),
