@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -9,11 +11,20 @@ from torch import Tensor
 # The CPU fast path (`abstopk_threshold`) can be switched off to run the reference everywhere.
 USE_THRESHOLD_ON_CPU = True
 
-# Float dtype -> (integer dtype of the same width, |x| bit mask, bits of +inf, sign-bit shift). For IEEE 754
-# floats with the sign bit cleared, integer order is magnitude order (NaN above +inf).
+
+class IntView(NamedTuple):
+    """How a float dtype is read as integers: for IEEE 754 floats with the sign bit cleared, integer order is
+    magnitude order (NaN above +inf)."""
+
+    dtype: np.dtype  # integer dtype of the same width
+    abs_bits: int  # clears the sign bit: |x|
+    inf_bits: int  # +inf; larger values are NaNs
+    shift: int  # arithmetic right shift that turns a negative difference into -1 (all bits) and others into 0
+
+
 FLOAT_BITS = {
-    torch.float32: (torch.int32, 0x7FFF_FFFF, 0x7F80_0000, 31),
-    torch.float64: (torch.int64, 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000, 63),
+    torch.float32: IntView(np.dtype(np.int32), 0x7FFF_FFFF, 0x7F80_0000, 31),
+    torch.float64: IntView(np.dtype(np.int64), 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000, 63),
 }
 
 
@@ -35,55 +46,61 @@ def abstopk(x: Tensor, k: int) -> Tensor:
     return abstopk_reference(x, k)
 
 
-def threshold_keep_bits(x: Tensor, k: int) -> Tensor | None:
+def threshold_keep_bits(x: Tensor, k: int) -> np.ndarray | None:
     """Keep-mask of AbsTopK as integer bits, or None where the reference must decide. x: [..., n] (float32/64).
 
-    Returns an integer tensor [..., n] (int32 for float32, int64 for float64): all bits set (-1) where the
-    entry is kept, 0 where it is dropped. The k-th largest |x| of every row is found by one numpy introselect
-    over the whole [rows, n] block of magnitudes read as integers (no float compares, no Python loop), and
-    the mask is built with integer arithmetic: (threshold - 1 - |x|) >> sign_shift is -1 exactly where
-    |x| >= threshold. That is the reference's kept set unless ties at a nonzero threshold keep other than k
-    entries, or a NaN is present: None is returned for those (for the whole block). Rows whose threshold is
-    0 (fewer than k nonzeros) take the reference's choice of zeros, row by row, so gradients match too.
+    Returns integers [..., n] (int32 for float32, int64 for float64): all bits set (-1) where the entry is
+    kept, 0 where it is dropped. The k-th largest |x| of every row comes from one numpy introselect over the
+    whole [rows, n] block of magnitudes read as integers (no float compares, no Python loop per row); the
+    partitioned block also gives each row's (k+1)-th largest, so a tie across the threshold is one compare,
+    and the mask is built in place with integer arithmetic: (threshold - 1 - |x|) >> shift is -1 exactly
+    where |x| >= threshold. That is the reference's kept set unless ties at a nonzero threshold keep other
+    than k entries, or a NaN is present: None is returned for those (for the whole block). Rows whose
+    threshold is 0 (fewer than k nonzeros) take the reference's choice of zeros, so gradients match too.
+    All of it is numpy on one thread: a few passes over the block, no parallel-region barriers.
     """
-    int_dtype, abs_bits, inf_bits, shift = FLOAT_BITS[x.dtype]
+    bits = FLOAT_BITS[x.dtype]
     n = x.shape[-1]
-    mag = x.detach().view(int_dtype) & abs_bits
-    part = np.partition(mag.reshape(-1, n).numpy(), n - k, axis=-1)
-    thr = torch.from_numpy(part[:, n - k]).view(*x.shape[:-1], 1)
-    keep = (thr - 1 - mag) >> shift  # no overflow: thr and mag both lie in [0, abs_bits]
+    mag = np.bitwise_and(x.detach().numpy().view(bits.dtype), bits.abs_bits).reshape(-1, n)
+    part = np.partition(mag, n - k, axis=-1)
+    thr = part[:, n - k : n - k + 1]
     zero_thr = thr == 0
-    exact = (keep.sum(-1, keepdim=True) == -k) | zero_thr
-    ok, any_zero_thr = torch.stack([exact.all() & (mag.amax() <= inf_bits), zero_thr.any()]).tolist()
-    if not ok:
+    exact = (part[:, : n - k].max(axis=1, keepdims=True) < thr) | zero_thr
+    if not (exact.all() and part[:, n - k :].max() <= bits.inf_bits):
         return None
-    if any_zero_thr:
-        keep = _reference_rows(x, k, keep, zero_thr)
-    return keep
+    keep = np.subtract(thr - 1, mag, out=mag)  # no overflow: thr and mag both lie in [0, abs_bits]
+    np.right_shift(keep, bits.shift, out=keep)
+    if zero_thr.any():
+        _reference_rows(x.detach().reshape(-1, n), k, keep, zero_thr[:, 0])
+    return keep.reshape(x.shape)
 
 
-def _reference_rows(x: Tensor, k: int, keep: Tensor, rows: Tensor) -> Tensor:
-    """keep [..., n] with the rows where rows [..., 1] is True replaced by the reference's choice (bits)."""
-    n = x.shape[-1]
-    keep = keep.reshape(-1, n).clone()
-    sel = rows.reshape(-1).nonzero().squeeze(1)
-    idx = torch.topk(x.detach().reshape(-1, n)[sel].abs(), k, dim=-1, sorted=False).indices
-    keep[sel] = torch.zeros_like(keep[sel]).scatter_(-1, idx, -1)
-    return keep.view(x.shape)
+def _reference_rows(x: Tensor, k: int, keep: np.ndarray, rows: np.ndarray) -> None:
+    """Overwrite, in place, keep's rows where `rows` is True with the reference's choice. x, keep: [R, n]."""
+    sel = np.flatnonzero(rows)
+    idx = torch.topk(x[torch.from_numpy(sel)].abs(), k, dim=-1, sorted=False).indices.numpy()
+    chosen = np.zeros((len(sel), x.shape[-1]), dtype=keep.dtype)
+    np.put_along_axis(chosen, idx, -1, axis=-1)
+    keep[sel] = chosen
+
+
+def and_bits(t: Tensor, keep: np.ndarray) -> Tensor:
+    """t's bits ANDed with keep: t where keep is -1, +0.0 where it is 0. t: [...] float32/64 (any strides);
+    keep: integers of t's width and shape. Returns a new tensor."""
+    return torch.from_numpy(np.bitwise_and(t.detach().numpy().view(keep.dtype), keep)).view(t.dtype)
 
 
 class _KeepBits(torch.autograd.Function):
-    """y = x where keep_bits is -1, +0.0 where it is 0 (a bitwise AND); the gradient is masked the same way."""
+    """y = x where keep is -1, +0.0 where it is 0 (a bitwise AND); the gradient is masked the same way."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, keep_bits: Tensor) -> Tensor:
-        ctx.save_for_backward(keep_bits)
-        return (x.view(keep_bits.dtype) & keep_bits).view(x.dtype)
+    def forward(ctx, x: Tensor, keep: np.ndarray) -> Tensor:
+        ctx.keep = keep
+        return and_bits(x, keep)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (keep_bits,) = ctx.saved_tensors
-        return (grad.view(keep_bits.dtype) & keep_bits).view(grad.dtype), None
+        return and_bits(grad, ctx.keep), None
 
 
 def abstopk_threshold(x: Tensor, k: int) -> Tensor:

@@ -142,23 +142,31 @@ def project_(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None = None) ->
     if keep is None:
         w.masked_fill_(~topk_mask(w, k, min_fan, fan_dim), 0.0)
     else:
-        w.view(keep.dtype).bitwise_and_(keep)
+        keep_t = torch.from_numpy(keep)
+        w.view(keep_t.dtype).bitwise_and_(keep_t)
 
 
-def _at_least_kth(score: Tensor, k: int, dim: int | None) -> tuple[Tensor, Tensor]:
-    """Bits -1 where score >= the k-th largest score along dim (None: over all entries), else 0; and the
-    threshold (broadcastable). score: integer magnitudes, all in [0, the dtype's |x| mask]."""
-    shift = score.element_size() * 8 - 1
-    a = score.numpy()
-    if dim is None:
-        thr = torch.tensor(np.partition(a.reshape(-1), a.size - k)[a.size - k])
-    else:
-        n = a.shape[dim]
-        thr = torch.from_numpy(np.take(np.partition(a, n - k, axis=dim), [n - k], axis=dim))
-    return (thr - 1 - score) >> shift, thr  # no overflow: both operands lie in [0, |x| mask]
+def _at_least_kth(score: np.ndarray, k: int, axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Select with a threshold: (keep, exact, thr). score: integer magnitudes in [0, the dtype's |x| mask].
+
+    thr: the k-th largest score along axis (None: over all entries), kept as a dim of size 1; keep: bits of
+    score's shape, -1 where score >= thr, else 0; exact: shaped like thr, True where no tie crosses the
+    threshold, i.e. exactly k entries are kept."""
+    a = score.reshape(-1) if axis is None else score
+    ax = 0 if axis is None else axis
+    n = a.shape[ax]
+    part = np.partition(a, n - k, axis=ax)
+    at = [slice(None)] * a.ndim
+    at[ax] = slice(n - k, n - k + 1)
+    thr = part[tuple(at)]
+    at[ax] = slice(0, n - k)
+    exact = part[tuple(at)].max(axis=ax, keepdims=True, initial=-1) < thr
+    keep = np.subtract(thr - 1, score)  # no overflow: both operands lie in [0, |x| mask]
+    np.right_shift(keep, score.itemsize * 8 - 1, out=keep)
+    return keep, exact, thr
 
 
-def threshold_keep_bits(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None = None) -> Tensor | None:
+def threshold_keep_bits(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None = None) -> np.ndarray | None:
     """The keep-set of `topk_mask` as integer bits (-1 kept, 0 dropped), or None where the reference decides.
 
     w: [n] or [rows, cols], float32 (int32 bits) or float64 (int64), on the CPU, 1 <= k < numel. None when a
@@ -166,20 +174,20 @@ def threshold_keep_bits(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None
     ties at a nonzero k-th largest score keep other than k entries. At a zero threshold every entry is kept
     (the weights are the reference's: its extra kept entries are zeros too).
     """
-    int_dtype, abs_bits, inf_bits, _ = FLOAT_BITS[w.dtype]
-    score = w.detach().view(int_dtype) & abs_bits  # |w| as integers, ordered as the magnitudes
-    if bool(score.amax() >= inf_bits):
+    bits = FLOAT_BITS[w.dtype]
+    score = np.bitwise_and(w.detach().numpy().view(bits.dtype), bits.abs_bits)  # |w|, ordered as magnitudes
+    if score.max() >= bits.inf_bits:
         return None
     if fan_dim is not None and min_fan > 0 and w.ndim == 2:
         j = min(min_fan, w.shape[fan_dim], k // w.shape[1 - fan_dim])  # as in topk_mask
         if j > 0:
-            protected, _ = _at_least_kth(score, j, fan_dim)
-            if not bool((protected.sum(fan_dim) == -j).all()):
+            protected, exact, _ = _at_least_kth(score, j, fan_dim)
+            if not exact.all():
                 return None
             # Protected entries rank above every finite weight (the reference gives them +inf); at most k.
-            score = score | (protected & inf_bits)
-    keep, thr = _at_least_kth(score, k, None)
-    if not bool((keep.sum() == -k) | (thr == 0)):
+            score |= protected & bits.inf_bits
+    keep, exact, thr = _at_least_kth(score, k, None)
+    if not (exact.all() or thr.item() == 0):
         return None
     return keep
 
