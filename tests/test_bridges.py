@@ -27,7 +27,7 @@ from sparsecircuits.bridges.steer import (
     steer,
     target_probs,
 )
-from sparsecircuits.bridges.train import bridged_step, build_bridged_optimizer
+from sparsecircuits.bridges.train import bridged_step, build_bridged_optimizer, train_bridges
 from sparsecircuits.circuits.means import model_content_hash
 from sparsecircuits.data.build import BuildConfig, build_dataset
 from sparsecircuits.errors import UserError
@@ -511,3 +511,23 @@ def test_init_starts_from_a_trained_sparse_run(dataset, dense_run, tmp_path, com
     args += ["--set", "model.d_mlp=32"]
     assert run_cli(args) == 2
     assert "its model differs" in capsys.readouterr().err and not other.exists()
+
+
+def test_resume_from_the_final_checkpoint_writes_the_bridged_files(dataset, dense_run, tmp_path):
+    """A run killed after its last checkpoint but before its files: the trainer's loop evaluates once more
+    (val_loss and the bridge terms) and writes bridges.safetensors, bridges.json and the model."""
+    out = tmp_path / "bridged"
+    train_bridges(dense_run, dataset, out, preset="tiny", sets=BRIDGE_SETS, progress=False)
+    files = {f: load_tensors(out / f) for f in ("model.safetensors", "bridges.safetensors")}
+    before = json.loads((out / "bridges.json").read_text())["final"]
+    for f in files:
+        (out / f).unlink()
+    last = train_bridges(None, dataset, out, resume=True, progress=False)
+    assert last["step"] == 4 and last["val_kl_ds"] == before["val_kl_ds"]
+    for f, tensors in files.items():
+        again = load_tensors(out / f)
+        assert all(torch.equal(again[k], v) for k, v in tensors.items()), f
+    after = json.loads((out / "bridges.json").read_text())["final"]
+    assert {k: v for k, v in before.items() if k.startswith("val_")} == {
+        k: v for k, v in after.items() if k.startswith("val_")
+    }
