@@ -112,7 +112,9 @@ def token_class(text: str) -> str:
 
 
 def show(text: str) -> str:
-    """A token's text for people: Python's repr ('"', "'", '\\n', ' if')."""
+    """A token's text for people: Python's repr ('"', "'", '\\n', ' if'); a run of spaces as `11 spaces`."""
+    if len(text) > 3 and text == " " * len(text):
+        return f"{len(text)} spaces"
     return repr(text)
 
 
