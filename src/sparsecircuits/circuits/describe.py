@@ -514,15 +514,9 @@ def make_label(description: dict[str, Any]) -> str:
 # ---- the whole circuit ------------------------------------------------------------------------------------
 
 
-def unembedding_writes(circuit: dict[str, Any]) -> set[str]:
-    """Residual write nodes of the circuit that no residual link takes to a later circuit read."""
-    linked = {r.get("src") for r in circuit.get("residual_links") or [] if isinstance(r, dict)}
-    writes = set()
-    for name in circuit["nodes"]:
-        loc = name.split(".")[1:-1]
-        if loc and node_location(".".join(loc)).kind == RESIDUAL_WRITE and name not in linked:
-            writes.add(name)
-    return writes
+def residual_sources(circuit: dict[str, Any]) -> set[str]:
+    """Circuit writes that a residual link takes to a later circuit read (the others feed the unembedding)."""
+    return {r.get("src") for r in circuit.get("residual_links") or [] if isinstance(r, dict)}
 
 
 def describe_nodes(
@@ -549,7 +543,7 @@ def describe_nodes(
     kinds = prompt_kinds(prompts, texts)
     task = task_stats(model, cols, prompts, texts, kinds)
     weights, a, b = logit_weights(model, prompts)
-    to_logits = unembedding_writes(circuit)
+    linked = residual_sources(circuit)
     out = {}
     for j, name in enumerate(cols.names):
         loc = node_location(cols.locations[j])
@@ -571,7 +565,7 @@ def describe_nodes(
                 "toward": texts[a],
                 "against": texts[b],
                 "direct_diff": _r(w * task.last["diff"][j]),
-                "feeds_unembedding": name in to_logits,
+                "feeds_unembedding": name not in linked,
             }
         out[name] = {"label": make_label(desc), "description": desc}
     return out
