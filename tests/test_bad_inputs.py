@@ -116,6 +116,7 @@ def world(tmp_path, dataset, run_dir) -> dict[str, str]:  # noqa: F811
         ("f_user", tmp_path / "user_frontier"),
         ("f_ro", RO / "frontier"),
         ("f_file", a_file / "f"),
+        ("f_new", tmp_path / "f"),
     ):
         (tmp_path / f"{name}.json").write_text(json.dumps({**frontier, "out": str(out)}))
     return {"tmp": str(tmp_path), "ds": str(dataset), "run": str(run_dir), "file": str(a_file), "ro": str(RO)}
@@ -237,6 +238,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("demo-resume-user-folder", ["demo", "--out", "{tmp}/user"], "holds no sparsecircuits demo"),
     ("demo-out-unwritable", ["demo", "--out", "{ro}/demo"], "not writable"),
     ("demo-out-under-file", ["demo", "--out", "{file}/demo"], "not a directory"),
+    # a GPU that is not there: refused before anything is built or written
+    ("demo-absent-gpu", [*DEMO, "--device", "cuda:99"], "cuda:99"),
+    ("train-absent-gpu", [*TRAIN, "--device", "cuda:99"], "cuda:99"),
+    ("bridges-absent-gpu", [*BRIDGES, "{tmp}/b", "--device", "cuda:99"], "cuda:99"),
+    ("prune-absent-gpu", [*PRUNE, "--device", "cuda:99"], "cuda:99"),
+    ("frontier-absent-gpu", ["frontier", "--config", "{tmp}/f_new.json", "--device", "cuda:99"], "cuda:99"),
     # frontier
     (
         "frontier-user-folder",

@@ -57,7 +57,10 @@ def train_cmd(dense_dir, data_dir, out, preset, sets, resume, force, device, qui
     attention and MLP. --out becomes a normal run directory of the sparse model plus bridges.json and
     bridges.safetensors. The sparse model takes the dense model's n_layer."""
     from sparsecircuits.bridges.train import train_bridges
+    from sparsecircuits.train.distributed import resolve_device
 
+    if device is not None:
+        resolve_device(device)  # an absent GPU is refused before the run folder is made
     train_bridges(
         dense_dir, data_dir, out, preset, sets, resume, force, device, progress=not quiet, init=init
     )

@@ -97,9 +97,11 @@ def frontier(config_path, device, force) -> None:
     """Sweep models x tasks: pretraining loss, circuit sizes, and the sparse-vs-dense plots (resumable)."""
     from sparsecircuits.experiments.frontier import FrontierConfig, run_frontier
     from sparsecircuits.io import prepare_output_dir
+    from sparsecircuits.train.distributed import resolve_device
 
     cfg = FrontierConfig.load(config_path)
     cfg.device = device
+    resolve_device(device)  # an absent GPU is refused before anything is written
     prepare_output_dir(cfg.out, "frontier", force)  # a user's folder (their own frontier.md) is refused
     summary = run_frontier(cfg)
     click.echo((cfg.out / "frontier.md").read_text())

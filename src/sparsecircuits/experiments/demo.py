@@ -238,6 +238,7 @@ def check_demo_config(cfg: DemoConfig) -> None:
     from sparsecircuits.io import check_output_dir
     from sparsecircuits.tasks import all_tasks
     from sparsecircuits.train.config import build_config
+    from sparsecircuits.train.distributed import resolve_device
 
     check_build_config(BuildConfig(out=cfg.out, sources=list(cfg.sources), synthetic_mb=cfg.synthetic_mb))
     n_tasks = len(all_tasks())
@@ -250,6 +251,7 @@ def check_demo_config(cfg: DemoConfig) -> None:
     vocab = BuildConfig(out=cfg.out).vocab_size  # the demo corpus's tokenizer size
     for dense in (False, True):
         build_config(cfg.preset, vocab, dense, [*cfg.sets, *(cfg.dense_sets if dense else ())])
+    resolve_device(cfg.device)  # an absent GPU is refused now, not after the corpus build
     check_output_dir(cfg.out, "demo", cfg.force, resume=not cfg.force)
 
 
