@@ -368,6 +368,10 @@ BAD_FRONTIER = {
     "tasks not names": ({"tasks": [1]}, "'tasks'"),
     "unknown preset": ({"models": [{"name": "a", "preset": "nope"}]}, "unknown preset"),
     "bad set key": ({"models": [{"name": "a", "preset": "tiny", "set": ["train.stepz=3"]}]}, "stepz"),
+    "run without weights": (
+        {"models": [{"name": "a", "run": "/nonexistent/run"}]},
+        "has no model.safetensors",
+    ),
 }
 
 

@@ -276,10 +276,14 @@ def run_frontier(cfg: FrontierConfig) -> dict:
 
 
 def check_model_configs(cfg: FrontierConfig, vocab: int | None) -> None:
-    """Before any training: every model to train has a valid preset and `set` overrides for this vocabulary."""
+    """Before any training: every model to train has a valid preset and `set` overrides for this vocabulary,
+    and every existing run named by "run" has final weights."""
+    from sparsecircuits.run import MODEL_FILE
     from sparsecircuits.train.config import build_config
 
     for m in cfg.models:
+        if m.get("run") and not (Path(m["run"]) / MODEL_FILE).is_file():
+            raise UserError(f"model {m['name']}: run {m['run']} has no {MODEL_FILE}")
         if m.get("run") or vocab is None:
             continue
         try:
