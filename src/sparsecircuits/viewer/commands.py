@@ -106,7 +106,11 @@ def _serve(paths: list[Path], host: str, port: int, windows: int, verbose: bool,
         f"{len(catalog.runs)} run(s), {len(catalog.circuits)} circuit file(s) under {', '.join(map(str, paths))}"
     )
     if not server.is_loopback():
-        click.echo(f"warning: listening on {host}, reachable from other machines (read-only)", err=True)
+        click.echo(
+            f"warning: listening on {host} (--allow-remote): reachable from other machines, read-only, "
+            "any Host header accepted",
+            err=True,
+        )
     click.echo(f"sparsecircuits viewer at {server.url}  (Ctrl-C to stop)")
     try:
         server.serve_forever()
