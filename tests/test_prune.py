@@ -82,7 +82,7 @@ def test_heaviside_surrogate_gradient():
 
 def test_bisection_finds_smallest_k():
     class FakeMask:
-        n_nodes = 100
+        n_nodes = n_units = 100
         tau = torch.linspace(1, -1, 100)
 
         def top_k_gates(self, k):
