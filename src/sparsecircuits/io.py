@@ -170,9 +170,12 @@ def output_kind(out: str | Path) -> str | None:
 
 def mark_output_dir(out: str | Path, kind: str, **info: Any) -> None:
     """Write the marker that makes `out` recognisable as this project's `kind` output."""
+    from sparsecircuits import __version__
+
     if kind not in OWNED_ENTRIES:
         raise ValueError(f"unknown output kind {kind!r}")
-    atomic_write_json(Path(out) / MARKER_FILE, {"project": PROJECT, "kind": kind, **info})
+    marker = {"project": PROJECT, "kind": kind, "code_version": __version__, **info}
+    atomic_write_json(Path(out) / MARKER_FILE, marker)
 
 
 def _owned(name: str, kind: str) -> bool:
