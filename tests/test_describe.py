@@ -169,7 +169,9 @@ def test_explain_lists_the_planted_circuit():
         "0.mlp.post_act.1": "<- 0.mlp.act_in.0 -4",
         "0.mlp.resid_delta.1": "<- 0.mlp.post_act.0 +3, 0.mlp.post_act.1 -3",
     }
-    assert "keeps 4 nodes and 4 edges" in text
+    assert "keeps 4 nodes and 4 edges (after node pruning;" in text
+    circuit["stages"] = {"bisection": {"nodes": 9}, "cleanup": {"nodes": 4}}  # the counts name their stage
+    assert "keeps 4 nodes and 4 edges (after clean-up;" in explain_text(circuit)
     assert "Layer 0 MLP keeps 2 neurons" in text
     assert "no descriptions yet" in text
     path = [name for name, _, _ in strongest_path(load_explained(circuit))]

@@ -110,6 +110,18 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
     return format(x, spec) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
 
 
+STAGE_NAMES = {"bisection": "after the bisection", "cleanup": "after clean-up"}
+
+
+def stage_name(circuit: dict[str, Any]) -> str:
+    """Which pruning stage the counts are after: the last stage of `stages` that ran (not skipped)."""
+    stages = circuit.get("stages") if isinstance(circuit.get("stages"), dict) else {}
+    ran = [k for k, v in stages.items() if isinstance(v, dict) and "skipped" not in v]
+    if not ran:
+        return "after node pruning"
+    return STAGE_NAMES.get(ran[-1], f"after {ran[-1].replace('_', ' ')}")
+
+
 def overview(c: Circuit) -> str:
     """What the circuit is, its size and how well it holds up."""
     raw = c.raw
@@ -118,7 +130,7 @@ def overview(c: Circuit) -> str:
     layers = sorted({n.layer for n in c.nodes.values()})
     text = (
         f"The {task} circuit keeps {len(c.nodes)} nodes and {counts.get('edges', len(raw.get('edges') or []))} "
-        f"edges (after node pruning; {counts.get('residual_links', 0)} residual links besides) in "
+        f"edges ({stage_name(raw)}; {counts.get('residual_links', 0)} residual links besides) in "
         f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}."
     )
     v = raw.get("validation") or {}
