@@ -191,11 +191,11 @@ def owned_entries(out: str | Path, kind: str) -> list[Path]:
 def check_writable(path: str | Path, what: str = "output") -> None:
     """UserError unless `path` (file or folder, existing or not) could be created or replaced.
 
-    Looks for the nearest existing ancestor: a file there means the path cannot exist; otherwise a
-    temporary file is created and removed in it, which is the honest test (os.access does not see
-    read-only mounts for every user, nor what root may do)."""
+    Probes an existing folder itself, else the nearest existing ancestor: a file there means the path cannot
+    exist; otherwise a temporary file is created and removed in it, which is the honest test (os.access does
+    not see read-only mounts for every user, nor what root may do)."""
     path = Path(path)
-    ancestor = path.parent if path.name else path
+    ancestor = path if path.is_dir() else path.parent
     while not ancestor.exists():
         if ancestor == ancestor.parent:
             break
@@ -221,11 +221,14 @@ def check_output_file(path: str | Path, force: bool, what: str = "output file") 
     return path
 
 
-def check_output_dir(out: str | Path, kind: str, force: bool, resume: bool = False) -> Path:
+def check_output_dir(
+    out: str | Path, kind: str, force: bool, resume: bool = False, staged: bool = False
+) -> Path:
     """Refuse before any work an output folder that cannot be used for this project's `kind` output.
 
     A missing or empty folder is fine. A non-empty folder needs `force` (to replace) or `resume` (to go on
     with it), and either way must hold this project's `kind` output: a user's own folder is never touched.
+    The folder must be writable, and with `staged` (built beside it, see `staging_dir`) its parent too.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -245,6 +248,8 @@ def check_output_dir(out: str | Path, kind: str, force: bool, resume: bool = Fal
                 f"{found}, not a {kind}; choose another --out"
             )
     check_writable(out, "output directory")
+    if staged and out.is_dir():
+        check_writable(out.resolve().parent / f".{out.name}.tmp", "output directory")
     return out
 
 
@@ -332,7 +337,7 @@ def staging_dir(out: str | Path, force: bool, kind: str | None = None) -> Path:
     never leaves a half-written output behind."""
     out = Path(out)
     if kind is not None:
-        check_output_dir(out, kind, force)
+        check_output_dir(out, kind, force, staged=True)
     elif out.exists() and not out.is_dir():
         raise UserError(f"output path exists and is not a directory: {out}")
     elif out.is_dir() and any(out.iterdir()) and not force:

@@ -98,7 +98,7 @@ def build_dataset(cfg: BuildConfig) -> dict:
     t0 = time.perf_counter()
     stats = CorpusStats()
     check_build_config(cfg)
-    check_output_dir(cfg.out, "dataset", cfg.force)  # refuse a bad --out before the slow reading
+    check_output_dir(cfg.out, "dataset", cfg.force, staged=True)  # a bad --out before the slow reading
     docs = collect_documents(cfg, stats)  # validate sources before touching the output path
     tmp = staging_dir(cfg.out, cfg.force, "dataset")
     try:
