@@ -268,9 +268,10 @@ def _check_prune_out(out: Path, paths: dict[str, Path], many: bool, force: bool)
 
 
 def _write_summary(out: Path, rows: list[dict], target: float, convention: str) -> None:
-    from sparsecircuits.io import atomic_write_json, mark_output_dir
+    from sparsecircuits.io import atomic_write_json, mark_output_dir, output_kind
 
-    mark_output_dir(out, "prune")  # --force may later replace these circuit files and summary.json
+    if output_kind(out) in (None, "prune"):  # never re-mark another kind's folder (e.g. a run's)
+        mark_output_dir(out, "prune")  # --force may later replace these circuit files and summary.json
 
     reached = [r for r in rows if r["reached"]]
     gm = geometric_mean([r["edges"] for r in reached])
