@@ -385,3 +385,19 @@ def test_force_on_a_legacy_folder_removes_only_its_own_entries(tmp_path, kind, o
     prepare_output_dir(out, kind, force=True)
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert left == sorted([MARKER_FILE, *USER_FILES])
+
+
+def test_prune_folder_is_marked_and_force_keeps_user_files(run_dir, world, capsys):
+    """Several tasks: summary.json and the marker are written; a rerun needs --force, which then overwrites
+    only the project's files (the user's notes beside them stay). The byte-level fixture tokenizer lacks the
+    tasks' tokens, so both tasks are recorded as not reached: this checks the folder handling only."""
+    out = Path(world["tmp"]) / "circuits"
+    args = ["prune", "--model", str(run_dir), *TASKS2, "--out", str(out), "--quiet", "--no-validate"]
+    args += ["--steps", "2", "--train-pairs", "4", "--eval-pairs", "4", "--mean-windows", "2"]
+    assert run_cli(args) == 0
+    assert output_kind(out) == "prune" and (out / "summary.json").is_file()
+    _user_folder(out)
+    assert run_cli(args) == 2 and "already exists" in capsys.readouterr().err
+    assert run_cli([*args, "--force"]) == 0
+    for rel, data in USER_FILES.items():
+        assert (out / rel).read_bytes() == data
