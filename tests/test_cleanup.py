@@ -39,6 +39,8 @@ def test_cleanup_stays_at_the_target_and_stops_when_no_single_node_can_go():
     # with a laxer target the costly nodes can go too, one at a time, but not both
     res = clean_up(fake_evaluate([]), torch.ones(10), target=0.115, progress=False)
     assert len(set(torch.nonzero(res.gates).flatten().tolist()) & COSTLY) == 1
+    # a target every subset meets still leaves one node: a circuit is never empty
+    assert clean_up(fake_evaluate([]), torch.ones(10), target=99.0, progress=False).nodes_after == 1
 
 
 def test_tied_query_key_masks_keep_or_drop_both():

@@ -34,7 +34,8 @@ class CleanupResult:
 def clean_up(
     evaluate, gates: torch.Tensor, target: float, units: torch.Tensor | None = None, progress: bool = True
 ) -> CleanupResult:
-    """Greedy removal until no single node (or tied unit) can go. gates: [n_nodes] 0/1 meeting the target.
+    """Greedy removal until no single node (or tied unit) can go; at least one stays. gates: [n_nodes] 0/1
+    meeting the target.
 
     evaluate: gates -> Score on the validation prompts (prune.Evaluator). units: [n_nodes] unit index when
     nodes are tied (tied query/key channels go together), else every node is its own unit.
@@ -64,6 +65,8 @@ def clean_up(
             if effect > target:
                 break  # sorted: every later node, measured against this pass's start, fails as well
             candidate = drop(gates, u)
+            if not candidate.any():
+                break  # a circuit keeps at least one node (a target at or above chance is met by none)
             s = evaluate(candidate)  # against the removals already made this pass
             if s.loss <= target:
                 gates, best, removed = candidate, s, removed + 1

@@ -48,6 +48,16 @@ from sparsecircuits.cli_options import (
     help="Tasks to prune (the two required first).",
 )
 @click.option("--target-loss", default=0.15, show_default=True, type=POSITIVE)
+@click.option(
+    "--loss-convention",
+    type=click.Choice(["pair-sum", "mean"]),
+    default="pair-sum",
+    show_default=True,
+    help="pair-sum: a pair's two prompts summed, as the paper authors (chance 1.386); mean: per prompt.",
+)
+@click.option(
+    "--no-natural", is_flag=True, help="Skip mining natural prompts from the installed third-party packages."
+)
 @click.option("--prune-steps", default=150, show_default=True, type=count(1, 1_000_000))
 @device_option()
 @force_option(
@@ -55,7 +65,18 @@ from sparsecircuits.cli_options import (
     "your other files there stay."
 )
 def demo(
-    out, synthetic_mb, train_here, preset, sets, max_tasks, target_loss, prune_steps, device, force
+    out,
+    synthetic_mb,
+    train_here,
+    preset,
+    sets,
+    max_tasks,
+    target_loss,
+    loss_convention,
+    no_natural,
+    prune_steps,
+    device,
+    force,
 ) -> None:
     """End to end on the embedded default: corpus, sparse and dense models, circuits, report.
 
@@ -80,6 +101,8 @@ def demo(
         sets=tuple(sets),
         max_tasks=max_tasks,
         target_loss=target_loss,
+        loss_convention=loss_convention,
+        natural=not no_natural,
         prune_steps=prune_steps,
         device=device,
         force=force,

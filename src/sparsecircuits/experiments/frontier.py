@@ -87,6 +87,8 @@ def check_values(raw: dict[str, Any], where: str) -> None:
         raise UserError(f"{where}: 'sweep_targets' must be a list of positive numbers, got {sweep!r}")
     if not _strings(raw.get("tasks", [])):
         raise UserError(f"{where}: 'tasks' must be a list of task names")
+    if raw.get("loss_convention", "pair-sum") not in ("pair-sum", "mean"):
+        raise UserError(f'{where}: \'loss_convention\' must be "pair-sum" or "mean"')
     if not isinstance(raw.get("device", "auto"), str):
         raise UserError(f"{where}: 'device' must be a string")
     prune = raw.get("prune", {})
@@ -109,6 +111,7 @@ class FrontierConfig:
     models: list[dict[str, Any]]
     tasks: list[str] = field(default_factory=list)
     target_loss: float = 0.15
+    loss_convention: str = "pair-sum"  # tasks/evaluate.py: the authors' pair sum, or the per-prompt mean
     sweep_targets: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.15, 0.08])
     prune: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
@@ -200,6 +203,7 @@ def _is_dense(config: dict) -> bool:
 
 def prune_cells(cfg: FrontierConfig, m: dict, path: Path) -> dict[str, dict]:
     """Prune every task of one model; each task's summary is a cell file."""
+    from sparsecircuits.circuits.circuit import circuit_summary
     from sparsecircuits.circuits.circuit_file import write_circuit
     from sparsecircuits.circuits.prune import PruneConfig
     from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
@@ -207,12 +211,14 @@ def prune_cells(cfg: FrontierConfig, m: dict, path: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     session = None
     p = {"steps": 300, "budget": 1, "train_pairs": 256, "eval_pairs": 128, **cfg.prune}
-    pcfg = PruneConfig(target_loss=cfg.target_loss, steps=p["steps"])
+    pcfg = PruneConfig(target_loss=cfg.target_loss, steps=p["steps"], loss_convention=cfg.loss_convention)
     for task in cfg.tasks:
         cell = cfg.out / "cells" / m["name"] / f"{task}.json"
         if cell.is_file():
-            out[task] = json.loads(cell.read_text())
-            continue
+            row = json.loads(cell.read_text())
+            if row.get("loss_convention", "mean") == cfg.loss_convention:  # else pruned under another one
+                out[task] = row
+                continue
         session = session or PruneSession(path, pick_device(cfg.device), data_dir=cfg.data)
         click.echo(f"==> {m['name']}: pruning {task}", err=True)
         try:
@@ -227,19 +233,11 @@ def prune_cells(cfg: FrontierConfig, m: dict, path: Path) -> dict[str, dict]:
                 tuple(cfg.sweep_targets),
             )
         except UserError as e:
-            row = {"task": task, "reached": False, "reason": str(e)}
+            row = {"task": task, "reached": False, "reason": str(e), "loss_convention": cfg.loss_convention}
         else:
             circuit_path = cfg.out / "circuits" / m["name"] / f"{task}.circuit.json"
             write_circuit(circuit_path, c)
-            row = {
-                "task": task,
-                "reached": True,
-                "nodes": c["counts"]["nodes"],
-                "edges": c["counts"]["edges"],
-                "loss": c["achieved"]["loss"],
-                "sweep": c.get("sweep", []),
-                "circuit": str(circuit_path),
-            }
+            row = {**circuit_summary(c), "sweep": c.get("sweep", []), "circuit": str(circuit_path)}
         atomic_write_json(cell, row)
         out[task] = row
     return out
@@ -265,6 +263,7 @@ def run_frontier(cfg: FrontierConfig) -> dict:
         rows.append(row)
     summary = {
         "target_loss": cfg.target_loss,
+        "loss_convention": cfg.loss_convention,
         "tasks": cfg.tasks,
         "models": rows,
         "matched_pair": matched_pair(rows, cfg.tasks),
@@ -329,7 +328,8 @@ def matched_pair(rows: list[dict], tasks: list[str]) -> dict | None:
 
 def markdown_table(summary: dict) -> str:
     lines = [
-        f"# Frontier (target task loss {summary['target_loss']:g})",
+        f"# Frontier (target task loss {summary['target_loss']:g}, "
+        f"{summary.get('loss_convention', 'mean')} convention)",
         "",
         "| model | kind | total params | nonzero params | val loss | tasks reached | geomean edges |",
         "|---|---|---:|---:|---:|---:|---:|",
