@@ -160,6 +160,28 @@ def test_weight_topk_ties_and_zeros(k):
     project_both(sparse, k)
 
 
+@pytest.mark.parametrize("zero_frac", [0.6, 0.75])
+def test_weight_topk_on_already_sparse_weights(zero_frac):
+    """Many exact zeros (the k-th largest is then selected among the nonzeros): same weights, and projecting
+    again at the same k changes nothing."""
+    torch.manual_seed(9)
+    w = torch.randn(256, 64)
+    w.view(-1)[torch.randperm(w.numel())[: int(zero_frac * w.numel())]] = 0.0
+    k = w.numel() // 4
+    assert threshold_keep_bits(w, k) is not None
+    once = project_both(w, k)
+    assert torch.equal(project_both(once, k), once)
+    project_both(once, k, 4, 1)
+
+
+def test_project_marks_the_weights_modified():
+    w = torch.nn.Parameter(torch.randn(32, 16))
+    before = w._version
+    with torch.no_grad():
+        project_(w, 100)
+    assert w._version > before and int(torch.count_nonzero(w)) == 100
+
+
 def test_weight_topk_tie_inside_one_neuron_falls_back():
     w = torch.randn(8, 32)
     w[2, :6] = 50.0  # six tied largest entries in one neuron, four protected: the reference decides

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 
 from sparsecircuits.model.abstopk import FLOAT_BITS
 
@@ -142,28 +143,46 @@ def project_(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None = None) ->
     if keep is None:
         w.masked_fill_(~topk_mask(w, k, min_fan, fan_dim), 0.0)
     else:
-        keep_t = torch.from_numpy(keep)
-        w.view(keep_t.dtype).bitwise_and_(keep_t)
+        wn = w.detach().numpy().view(keep.dtype)
+        np.bitwise_and(wn, keep, out=wn)  # one thread: no parallel-region barrier on a loaded machine
+        increment_version(w)  # a write autograd cannot see otherwise
 
 
-def _at_least_kth(score: np.ndarray, k: int, axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _at_least_kth(score: np.ndarray, k: int, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Select with a threshold: (keep, exact, thr). score: integer magnitudes in [0, the dtype's |x| mask].
 
-    thr: the k-th largest score along axis (None: over all entries), kept as a dim of size 1; keep: bits of
-    score's shape, -1 where score >= thr, else 0; exact: shaped like thr, True where no tie crosses the
-    threshold, i.e. exactly k entries are kept."""
-    a = score.reshape(-1) if axis is None else score
-    ax = 0 if axis is None else axis
-    n = a.shape[ax]
-    part = np.partition(a, n - k, axis=ax)
-    at = [slice(None)] * a.ndim
-    at[ax] = slice(n - k, n - k + 1)
-    thr = part[tuple(at)]
-    at[ax] = slice(0, n - k)
-    exact = part[tuple(at)].max(axis=ax, keepdims=True, initial=-1) < thr
-    keep = np.subtract(thr - 1, score)  # no overflow: both operands lie in [0, |x| mask]
-    np.right_shift(keep, score.itemsize * 8 - 1, out=keep)
-    return keep, exact, thr
+    thr: the k-th largest score along axis, kept as a dim of size 1; keep: bits of score's shape, -1 where
+    score >= thr, else 0; exact: shaped like thr, True where no tie crosses the threshold, i.e. exactly k
+    entries are kept."""
+    n = score.shape[axis]
+    part = np.partition(score, n - k, axis=axis)
+    thr = part.take([n - k], axis=axis)
+    exact = part.take(range(n - k), axis=axis).max(axis=axis, keepdims=True, initial=-1) < thr
+    return _at_least(score, thr), exact, thr
+
+
+def _at_least(score: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """Bits -1 where score >= thr (broadcast), else 0. Both in [0, the |x| mask], so nothing overflows."""
+    keep = np.subtract(thr - 1, score)
+    return np.right_shift(keep, score.itemsize * 8 - 1, out=keep)
+
+
+def _global_keep(score: np.ndarray, k: int) -> np.ndarray | None:
+    """Bits -1 on the k largest scores (all nonzero ones if there are at most k), or None on a tie across
+    the threshold. score: integer magnitudes, any shape.
+
+    The k-th largest is selected among the nonzero scores only when zeros are many: numpy's introselect
+    slows down ~100x on a large block of equal values (re-projecting already sparse weights)."""
+    flat = score.reshape(-1)
+    nonzero = np.count_nonzero(flat)
+    if nonzero <= k:
+        return np.full(score.shape, -1, dtype=score.dtype)
+    cand = flat[flat != 0] if 4 * (flat.size - nonzero) > flat.size else flat
+    part = np.partition(cand, cand.size - k)
+    thr = part[cand.size - k]
+    if part[: cand.size - k].max() >= thr:
+        return None
+    return _at_least(score, thr)
 
 
 def threshold_keep_bits(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None = None) -> np.ndarray | None:
@@ -171,8 +190,8 @@ def threshold_keep_bits(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None
 
     w: [n] or [rows, cols], float32 (int32 bits) or float64 (int64), on the CPU, 1 <= k < numel. None when a
     weight is not finite, when ties make a neuron's j-th largest |w| protect other than j entries, or when
-    ties at a nonzero k-th largest score keep other than k entries. At a zero threshold every entry is kept
-    (the weights are the reference's: its extra kept entries are zeros too).
+    ties at a nonzero k-th largest score keep other than k entries. With at most k nonzero scores every
+    entry is kept (the weights are the reference's: it keeps arbitrary zeros besides).
     """
     bits = FLOAT_BITS[w.dtype]
     score = np.bitwise_and(w.detach().numpy().view(bits.dtype), bits.abs_bits)  # |w|, ordered as magnitudes
@@ -186,10 +205,7 @@ def threshold_keep_bits(w: Tensor, k: int, min_fan: int = 0, fan_dim: int | None
                 return None
             # Protected entries rank above every finite weight (the reference gives them +inf); at most k.
             score |= protected & bits.inf_bits
-    keep, exact, thr = _at_least_kth(score, k, None)
-    if not (exact.all() or thr.item() == 0):
-        return None
-    return keep
+    return _global_keep(score, k)
 
 
 class WeightSparsifier:
