@@ -60,6 +60,10 @@ def test_abstopk_fast_path_on_non_contiguous_views():
     for part in qkv.split(32, dim=-1):  # how the model splits q, k and v
         assert not part.is_contiguous()
         check_abstopk_equal(part, 8)
+    check_abstopk_equal(qkv.transpose(0, 1), 24)  # a permuted layout
+    # An expanded (stride 0) upstream gradient, as sum() sends back.
+    (grad,) = torch.autograd.grad(abstopk_mod.abstopk_threshold(qkv, 24).sum(), qkv)
+    assert torch.equal(grad, reference_mask(qkv.detach(), 24).float())
 
 
 def test_abstopk_ties_at_the_threshold_fall_back_to_the_reference():
