@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
 from sparsecircuits.circuits.ablations import ABLATIONS
 from sparsecircuits.circuits.circuit import circuit_summary, geometric_mean
@@ -324,9 +323,7 @@ def validate_cmd(
 ) -> None:
     """Check a circuit: sufficiency, necessity, a random baseline and a resample test (stored in the file)."""
     from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
-    from sparsecircuits.circuits.nodes import names_to_nodes
-    from sparsecircuits.circuits.scoring import Calibration
-    from sparsecircuits.circuits.validate import score_natural, validate
+    from sparsecircuits.circuits.session import validate_circuit
 
     circuit = read_circuit(circuit_path)
     if not no_write:
@@ -337,39 +334,8 @@ def validate_cmd(
     session = PruneSession(run_dir, pick_device(device), mean_windows, data_dir=data_dir)
     if session.model_info["content_hash"] != circuit["model"].get("content_hash"):
         raise UserError(f"{circuit_path} was pruned from another model (content hash differs)")
-    nodes = names_to_nodes(circuit["nodes"], session.model.cfg)
-    gates = torch.cat([nodes[loc].float() for loc in session.model.node_locations()])
-    task = circuit["task"]["name"]
-    natural = load_natural(prompts_file, task)
-    hyper = (circuit.get("pruning") or {}).get("hyperparameters") or {}
-    seed = int(hyper.get("seed", 0))
-    convention = circuit.get("loss_convention", "mean")
-    calibration = Calibration.from_json(circuit["achieved"].get("calibration"))
-    result = validate(
-        session.model,
-        session.means,
-        gates,
-        session.prompts(task, n_pairs, "test", seed),
-        session.prompts(task, int(circuit["task"].get("eval_pairs", 64)), "val", seed),
-        float(circuit["target_loss"]),
-        calibration,
-        bool(hyper.get("calibrate", True)),
-        convention,
-        circuit.get("ablation", "mean"),
-        session.pretraining,
-        n_random,
-        seed,
-    )
-    if natural:
-        result["natural"] = score_natural(
-            session.model,
-            session.means,
-            gates,
-            session.natural_prompts(task, natural),
-            calibration,
-            convention,
-            circuit.get("ablation", "mean"),
-        )
+    natural = load_natural(prompts_file, circuit["task"]["name"])
+    result = validate_circuit(session, circuit, n_pairs, n_random, natural)
     circuit["validation"] = result
     click.echo("\n".join(score_lines(circuit)))
     if not no_write:

@@ -190,3 +190,53 @@ def target_sweep(model, result, evaluate, targets: tuple[float, ...]) -> list[di
             }
         )
     return rows
+
+
+def circuit_gates(circuit: dict, model) -> torch.Tensor:
+    """0/1 per node of `model` for a circuit dict's node names, in node-location order: [n_nodes]."""
+    from sparsecircuits.circuits.nodes import names_to_nodes
+
+    nodes = names_to_nodes(circuit["nodes"], model.cfg)
+    return torch.cat([nodes[loc].float() for loc in model.node_locations()])
+
+
+def validate_circuit(
+    session: PruneSession,
+    circuit: dict,
+    n_pairs: int = 128,
+    n_random: int = 5,
+    natural: list[dict] | None = None,
+) -> dict:
+    """Validate a circuit dict on its task's test split with its recorded convention, ablation, seed and
+    frozen calibration; natural: mined records of its task, scored under "natural". Returns the result."""
+    from sparsecircuits.circuits.scoring import Calibration
+    from sparsecircuits.circuits.validate import score_natural, validate
+
+    gates = circuit_gates(circuit, session.model)
+    task = circuit["task"]["name"]
+    hyper = (circuit.get("pruning") or {}).get("hyperparameters") or {}
+    seed = int(hyper.get("seed", 0))
+    convention = circuit.get("loss_convention", "mean")
+    ablation = circuit.get("ablation", "mean")
+    calibration = Calibration.from_json(circuit["achieved"].get("calibration"))
+    result = validate(
+        session.model,
+        session.means,
+        gates,
+        session.prompts(task, n_pairs, "test", seed),
+        session.prompts(task, int(circuit["task"].get("eval_pairs", 64)), "val", seed),
+        float(circuit["target_loss"]),
+        calibration,
+        bool(hyper.get("calibrate", True)),
+        convention,
+        ablation,
+        session.pretraining,
+        n_random,
+        seed,
+    )
+    if natural:
+        natural_prompts = session.natural_prompts(task, natural)
+        result["natural"] = score_natural(
+            session.model, session.means, gates, natural_prompts, calibration, convention, ablation
+        )
+    return result
