@@ -208,7 +208,7 @@ def head_sentences(c: Circuit) -> list[str]:
         if n.kind == HEAD_CHANNEL and c.d_head:
             heads.setdefault((n.layer, n.index // c.d_head), []).append(n)
     out = []
-    for (layer, head), members in heads.items():
+    for (layer, head), members in sorted(heads.items()):
         counts = Counter(n.loc.rpartition(".")[2] for n in members)
         chans = ", ".join(f"{counts[k]} {k}" for k in ("q", "k", "v") if counts[k])
         text = f"Layer {layer} head {head} ({chans} channels)"
