@@ -100,6 +100,14 @@ def test_abstopk_all_zero_and_nearly_zero_rows_match_values_and_gradients():
     check_abstopk_equal(-x, 8)  # negative entries and -0.0
 
 
+def test_abstopk_empty_batch():
+    x = torch.randn(0, 5, 16, requires_grad=True)
+    out = abstopk_mod.abstopk_threshold(x, 4)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 def test_abstopk_non_finite_inputs():
     torch.manual_seed(5)
     x = torch.randn(8, 16)

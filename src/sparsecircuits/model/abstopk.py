@@ -66,7 +66,7 @@ def threshold_keep_bits(x: Tensor, k: int) -> np.ndarray | None:
     thr = part[:, n - k : n - k + 1]
     zero_thr = thr == 0
     exact = (part[:, : n - k].max(axis=1, keepdims=True) < thr) | zero_thr
-    if not (exact.all() and part[:, n - k :].max() <= bits.inf_bits):
+    if not (exact.all() and part[:, n - k :].max(initial=0) <= bits.inf_bits):
         return None
     keep = np.subtract(thr - 1, mag, out=mag)  # no overflow: thr and mag both lie in [0, abs_bits]
     np.right_shift(keep, bits.shift, out=keep)
