@@ -105,17 +105,10 @@ def test_token_classes():
 def test_label_names_the_token_a_node_fires_on(tmp_path):
     model = quote_model()
     write_tokens(tmp_path / "val.bin", quote_stream(4000))
-    names = ["0.attn.act_in.0", "0.attn.act_in.1", "0.attn.q.3", "0.attn.resid_delta.2"]
+    names = ["0.attn.act_in.0", "0.attn.act_in.1", "0.attn.q.3", "0.attn.v.10", "0.attn.resid_delta.2"]
     circuit = circuit_of(model, names)
-    described = describe_nodes(
-        model,
-        word_tokenizer(32),
-        circuit,
-        tmp_path / "val.bin",
-        quote_prompts(16),
-        n_windows=16,
-        batch_size=4,
-    )
+    prompts = quote_prompts(16)
+    described = describe_nodes(model, word_tokenizer(32), circuit, tmp_path / "val.bin", prompts, 16, 4)
     assert set(described) == set(names)
     quote = described["0.attn.act_in.0"]
     top = quote["description"]["pretraining"]["top"]
@@ -130,6 +123,14 @@ def test_label_names_the_token_a_node_fires_on(tmp_path):
     # the q channel carries its head's attention from the last position; masses are shares of one softmax
     att = described["0.attn.q.3"]["description"]["attention"]
     assert att["head"] == 0 and 0 < sum(t["mass"] for t in att["positive"]["tokens"]) <= 1.0001
+    # a value channel: what head 1 (d_head 8) carries into the last position, by hand from the pattern
+    with torch.no_grad():
+        cache = model.run_with_cache(prompts.tokens, ["0.attn.v", "0.attn.pattern"])
+    weights = cache["0.attn.pattern"][torch.arange(32), 1, prompts.last]  # [N, T]
+    by_hand = (weights * cache["0.attn.v"][:, :, 10]).sum(1)
+    moved = described["0.attn.v.10"]["description"]["task"]["moved"]
+    assert moved["positive"] == pytest.approx(by_hand[prompts.sign > 0].mean().item(), rel=1e-3, abs=1e-6)
+    assert moved["negative"] == pytest.approx(by_hand[prompts.sign < 0].mean().item(), rel=1e-3, abs=1e-6)
     logit = described["0.attn.resid_delta.2"]["description"]["logit"]
     assert logit["toward"] == ")" and logit["feeds_unembedding"]
 

@@ -381,6 +381,7 @@ class TaskStats:
         str, list[float]
     ]  # at each prompt's last position: positive, negative, diff, effect per column
     all_positions: dict[str, list[float]]  # over every real position (<= last)
+    moved: dict[str, list[float]]  # value channels: what the head carries to the last position (else 0)
     attention: dict[tuple[int, int], dict[str, Any]]  # (layer, head) -> attention summary
 
 
@@ -405,9 +406,27 @@ def task_stats(model: Any, cols: NodeColumns, prompts: PromptSet, texts: list[st
         (layer, h): head_attention(cache[f"{layer}.attn.pattern"][:, h], prompts, texts, kinds)
         for layer, h in heads
     }
+    moved = moved_values(model, cols, cache, acts, prompts)
     return TaskStats(
-        _compare(at_last[pos], at_last[neg]), _compare(acts[everywhere[0]], acts[everywhere[1]]), attention
+        _compare(at_last[pos], at_last[neg]),
+        _compare(acts[everywhere[0]], acts[everywhere[1]]),
+        _compare(moved[pos], moved[neg]),
+        attention,
     )
+
+
+def moved_values(
+    model: Any, cols: NodeColumns, cache: dict[str, Tensor], acts: Tensor, prompts: PromptSet
+) -> Tensor:
+    """[N, n]: for each value channel, sum_t a(last, t) * v_t, what its head carries into the prompt's last
+    position (the channel's share of the head output there); 0 in the other columns. acts: [N, T, n]."""
+    moved = torch.zeros(acts.shape[0], acts.shape[2], device=acts.device)
+    rows = torch.arange(len(prompts), device=acts.device)
+    for j, (layer, loc, idx) in enumerate(zip(cols.layers, cols.locations, cols.indices)):
+        if loc == "attn.v":
+            weights = cache[f"{layer}.attn.pattern"][rows, idx // model.cfg.d_head, prompts.last]  # [N, T]
+            moved[:, j] = (weights.float() * acts[:, :, j]).sum(1)
+    return moved
 
 
 def head_attention(pattern: Tensor, prompts: PromptSet, texts: list[str], kinds: dict) -> dict[str, Any]:
@@ -469,13 +488,24 @@ def pretraining_phrase(p: dict[str, Any]) -> str:
     return f"{verb} mixed tokens, most {show(side['token']['text'])}"
 
 
+def task_difference(t: dict[str, Any]) -> tuple[str, str] | None:
+    """("moved" or "last", the prompt kind that is higher) for the first of what a value channel's head carries
+    to the last position ("moved") and the activation at the last position whose difference between the kinds
+    is at least EFFECT pooled stds; None when neither is."""
+    for key in ("moved", "last"):
+        d = t.get(key)
+        if d is not None and abs(d["effect"]) >= EFFECT:
+            return key, t["kinds"]["positive" if d["diff"] > 0 else "negative"]
+    return None
+
+
 def task_phrase(t: dict[str, Any]) -> str:
-    """`higher on '("' prompts` when the last-position difference is at least EFFECT pooled stds."""
-    last = t["last"]
-    if abs(last["effect"]) < EFFECT:
+    """`higher on '("' prompts`, or for a value channel whose head carries more to the last position on one
+    kind, `moves higher on '("' prompts` (task_difference)."""
+    found = task_difference(t)
+    if found is None:
         return ""
-    kind = t["kinds"]["positive" if last["diff"] > 0 else "negative"]
-    return f"higher on {kind}"
+    return f"{'moves higher' if found[0] == 'moved' else 'higher'} on {found[1]}"
 
 
 def attention_phrase(a: dict[str, Any] | None) -> str:
@@ -555,6 +585,8 @@ def describe_nodes(
                 "all_positions": {k: _r(v[j]) for k, v in task.all_positions.items()},
             },
         }
+        if cols.locations[j] == "attn.v":
+            desc["task"]["moved"] = {k: _r(v[j]) for k, v in task.moved.items()}
         if loc.kind == HEAD_CHANNEL:
             head = cols.indices[j] // model.cfg.d_head
             desc["attention"] = {"head": head, **task.attention[(cols.layers[j], head)]}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparsecircuits.circuits.circuit_file import recorded_model_config
-from sparsecircuits.circuits.describe import ATTEND_MIN, EFFECT, SHARE, show
+from sparsecircuits.circuits.describe import ATTEND_MIN, SHARE, show, task_difference
 from sparsecircuits.circuits.nodes import display_name
 from sparsecircuits.errors import UserError
 from sparsecircuits.model.locations import (
@@ -177,9 +177,9 @@ def _task_split(nodes: list[Node]) -> str:
     """`3 higher on '("' prompts, 1 higher on "('" prompts` (nodes whose label names a task difference)."""
     higher: Counter[str] = Counter()
     for n in nodes:
-        t = n.description.get("task")
-        if t and abs(t["last"].get("effect") or 0) >= EFFECT:
-            higher[t["kinds"]["positive" if t["last"]["diff"] > 0 else "negative"]] += 1
+        found = task_difference(n.description["task"]) if "task" in n.description else None
+        if found is not None:
+            higher[found[1]] += 1
     return ", ".join(f"{k} higher on {kind}" for kind, k in higher.most_common())
 
 
