@@ -173,12 +173,13 @@ def _fires_on(nodes: list[Node]) -> str:
     return ", ".join(parts)
 
 
-def _task_split(nodes: list[Node]) -> str:
-    """`3 higher on '("' prompts, 1 higher on "('" prompts` (nodes whose label names a task difference)."""
+def _task_split(nodes: list[Node], only: str | None = None) -> str:
+    """`3 higher on '("' prompts, 1 higher on "('" prompts`: nodes whose task difference is named in their
+    label (describe.task_difference); `only="moved"` counts only what value channels carry to the last position."""
     higher: Counter[str] = Counter()
     for n in nodes:
         found = task_difference(n.description["task"]) if "task" in n.description else None
-        if found is not None:
+        if found is not None and only in (None, found[0]):
             higher[found[1]] += 1
     return ", ".join(f"{k} higher on {kind}" for kind, k in higher.most_common())
 
@@ -231,13 +232,13 @@ def head_sentences(c: Circuit) -> list[str]:
                 dist = [attention[k]["distance"] for k in ("positive", "negative")]
                 text += f", on average {sum(dist) / 2:.1f} tokens back"
         values = [n for n in members if n.loc == "attn.v"]
-        split = _task_split(values)
+        split = _task_split(values, only="moved")
         value_names = {v.name for v in values}
         fed = [w for w in c.nodes.values() if any(src in value_names for src, _ in w.inputs)]
         if values:
             fires = _fires_on(values)
             text += f"; its value channels fire on {fires}" if fires else ""
-            text += f" ({split})" if split else ""
+            text += f" (what they carry to the last position: {split})" if split else ""
             text += (
                 f" and write {len(fed)} attention-write channel{'s' if len(fed) != 1 else ''}" if fed else ""
             )
