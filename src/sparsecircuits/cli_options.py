@@ -135,3 +135,15 @@ def data_option(required: bool = True, help: str = "Dataset directory (built by 
     return click.option(
         "--data", "data_dir", required=required, default=None, type=click.Path(path_type=Path), help=help
     )
+
+
+def loss_convention_option() -> Decorator:
+    """--loss-convention: how the binary task loss adds up (tasks.evaluate.LOSS_CONVENTIONS)."""
+    return click.option(
+        "--loss-convention",
+        type=click.Choice(["pair-sum", "mean"]),  # tasks.evaluate.LOSS_CONVENTIONS, without importing torch
+        default="pair-sum",
+        show_default=True,
+        help="pair-sum: a pair's two prompts' binary CE summed, as the paper authors (chance 1.386); "
+        "mean: per prompt (chance 0.693).",
+    )

@@ -16,6 +16,7 @@ from sparsecircuits.cli_options import (
     data_option,
     device_option,
     force_option,
+    loss_convention_option,
     quiet_option,
     seed_option,
 )
@@ -28,14 +29,6 @@ MAX_STEPS = 1_000_000
 DATA_OPTION = data_option(
     required=False,
     help="Pretraining dataset for mean activations (default: the one the model was trained on).",
-)
-CONVENTION_OPTION = click.option(
-    "--loss-convention",
-    type=click.Choice(["pair-sum", "mean"]),
-    default="pair-sum",
-    show_default=True,
-    help="pair-sum: a pair's two prompts' binary CE summed, as the paper authors (chance 1.386); "
-    "mean: per prompt (chance 0.693).",
 )
 PROMPTS_OPTION = click.option(
     "--prompts",
@@ -120,7 +113,7 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
     show_default=True,
     help="; ".join(f"{a.name}: {a.description}" for a in ABLATIONS.values()),
 )
-@CONVENTION_OPTION
+@loss_convention_option()
 @PROMPTS_OPTION
 @click.option(
     "--steps", default=200, show_default=True, type=count(1, MAX_STEPS), help="Mask training steps per trial."

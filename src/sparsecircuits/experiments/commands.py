@@ -13,6 +13,7 @@ from sparsecircuits.cli_options import (
     count,
     device_option,
     force_option,
+    loss_convention_option,
     preset_names,
 )
 
@@ -48,13 +49,7 @@ from sparsecircuits.cli_options import (
     help="Tasks to prune (the two required first).",
 )
 @click.option("--target-loss", default=0.15, show_default=True, type=POSITIVE)
-@click.option(
-    "--loss-convention",
-    type=click.Choice(["pair-sum", "mean"]),
-    default="pair-sum",
-    show_default=True,
-    help="pair-sum: a pair's two prompts summed, as the paper authors (chance 1.386); mean: per prompt.",
-)
+@loss_convention_option()
 @click.option(
     "--no-natural", is_flag=True, help="Skip mining natural prompts from the installed third-party packages."
 )

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from sparsecircuits.cli_options import count, device_option, force_option, quiet_option, seed_option
+from sparsecircuits.cli_options import (
+    count,
+    device_option,
+    force_option,
+    loss_convention_option,
+    quiet_option,
+    seed_option,
+)
 from sparsecircuits.tasks.base import SPLITS
 from sparsecircuits.tasks.registry import all_tasks, get_task
 
@@ -172,14 +179,7 @@ def _eval_mined(run, mined: dict[str, list[dict]], convention: str) -> list[dict
     default=None,
     help="Score natural prompts from a `tasks mine` JSONL file instead of generated pairs.",
 )
-@click.option(
-    "--loss-convention",
-    type=click.Choice(["pair-sum", "mean"]),
-    default="pair-sum",
-    show_default=True,
-    help="pair-sum: a pair's two prompts' binary CE summed, as the paper authors (chance 1.386); "
-    "mean: per prompt (chance 0.693).",
-)
+@loss_convention_option()
 def eval_cmd(
     run_path,
     task_names,
