@@ -194,8 +194,10 @@
       const n = this.graph.nodes[i];
       const adj = this.adj[i];
       const effect = n.info && n.info.ablation_effect;
+      const label = n.info && n.info.label;
       SC.clear(this.tooltip).append(
         h("div", { class: "tt-name", text: n.display }),
+        typeof label === "string" ? h("div", { class: "tt-label", text: label }) : null,
         h("div", { class: "muted", text: SC.locTitle(this.graph, n) }),
         h("div", { text: `in ${adj.ins.length} · out ${adj.outs.length} edges` }),
         typeof effect === "number" ? h("div", { text: `ablation effect: task loss ${SC.fmt(effect, 4)}` }) : null
@@ -373,6 +375,7 @@
     const adj = view.adj[i];
     const info = n.info || {};
     const facts = [["location", SC.locTitle(view.graph, n)], ["layer", String(n.layer)]];
+    if (typeof info.label === "string") facts.unshift(["reads as (from data)", info.label]);
     if (n.head !== undefined) facts.push(["head · channel", `${n.head} · ${n.ch}`]);
     if (typeof info.ablation_effect === "number") {
       const delta = typeof achievedLoss === "number" ? ` (${SC.signed(info.ablation_effect - achievedLoss)} vs the circuit)` : "";
