@@ -7,8 +7,9 @@ One step is split into its parts, each timed on its own (synchronising the GPU a
   optimizer    gradient-RMS clipping + AdamW step
   weight top-k projection of every sparsified tensor onto the target L0 (sparse model only)
 
-Every part of every row is timed round-robin (one call of each per repetition, medians reported), so a
-change in the machine's load during the run hits all rows alike and the ratios stay comparable.
+Every part of every row is timed round-robin (one call of each per repetition), so a change in the machine's
+load during the run hits all rows alike. Medians are reported; on a machine shared with other work, `--stat
+min` (the least-disturbed repetition of each part) is the steadier estimate of the unloaded cost.
 Prints a table and writes JSON (default benchmarks/results/train_step.json).
 
     python benchmarks/train_step.py                 # the demo preset's shape, about a minute on a CPU
@@ -58,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--iters", type=int, default=20, help="timed repetitions of each part")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--stat", default="median", choices=("median", "min"), help="summary of the repetitions")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     p.add_argument("--gpu-shape", action="store_true", help="d_model 1024, 2 layers, batch 32 x 512, bf16")
@@ -110,10 +112,10 @@ def patched(flags: Flags) -> Iterator[None]:
 
 
 def time_round_robin(
-    fns: dict[str, Callable[[], None]], device: torch.device, iters: int, warmup: int
+    fns: dict[str, Callable[[], None]], device: torch.device, iters: int, warmup: int, stat: str = "median"
 ) -> dict[str, float]:
-    """Median wall time of each fn() in seconds. Each repetition calls every fn once, in order, with the
-    device synchronised around each call."""
+    """Median (or min) wall time of each fn() in seconds. Each repetition calls every fn once, in order, with
+    the device synchronised around each call."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for rep in range(warmup + iters):
@@ -124,7 +126,8 @@ def time_round_robin(
             sync()
             if rep >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    summary = statistics.median if stat == "median" else min
+    return {name: summary(t) for name, t in times.items()}
 
 
 def model_parts(
@@ -204,7 +207,7 @@ def main() -> None:
     for row, (sparse, sink, flags) in specs.items():
         parts, params[row] = model_parts(args, device, sparse, sink, flags)
         fns.update({f"{row}/{part}": fn for part, fn in parts.items()})
-    times = time_round_robin(fns, device, args.iters, args.warmup)
+    times = time_round_robin(fns, device, args.iters, args.warmup, args.stat)
     tokens = args.batch_size * args.n_ctx
     rows = {
         row: row_result(
@@ -223,7 +226,7 @@ def main() -> None:
     sinks = " + attention sinks" if args.sink else ""
     print(
         f"sparse = weights L0 {args.l0:g} + AbsTopK afrac {args.afrac:g}{sinks}; "
-        f"times in ms (median of {args.iters})"
+        f"times in ms ({args.stat} of {args.iters})"
     )
     header = f"{'model':<16}{'fwd+bwd':>10}{'act top-k':>11}{'weight top-k':>14}{'optimizer':>11}{'step':>10}{'tokens/s':>11}"
     print(header)
