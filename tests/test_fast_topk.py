@@ -47,7 +47,7 @@ def check_abstopk_equal(x: torch.Tensor, k: int) -> None:
 def test_abstopk_fast_path_equals_reference_on_random_rows(dtype, shape, k):
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=dtype)
-    assert abstopk_mod.threshold_keep_bits(x, k) is not None  # the fast path decides
+    assert abstopk_mod.threshold_keep(x, k) is not None  # the fast path decides
     check_abstopk_equal(x, k)
     # Bit for bit what torch.where(keep, x, 0) gives (the previous CPU path): x where kept, +0.0 elsewhere.
     out = abstopk_mod.abstopk_threshold(x, k)
@@ -68,7 +68,7 @@ def test_abstopk_fast_path_on_non_contiguous_views():
 
 def test_abstopk_ties_at_the_threshold_fall_back_to_the_reference():
     x = torch.tensor([[1.0, -1.0, 1.0, 0.5], [3.0, 2.0, 1.0, 0.0]])
-    assert abstopk_mod.threshold_keep_bits(x, 2) is None  # row 0 would keep three entries
+    assert abstopk_mod.threshold_keep(x, 2) is None  # row 0 would keep three entries
     check_abstopk_equal(x, 2)
 
 
@@ -77,7 +77,7 @@ def test_abstopk_ties_away_from_the_threshold_take_the_fast_path():
     x = torch.randn(64, 32)
     x[:, :4] = 5.0  # tied, but all kept
     x[:, -4:] = 1e-3  # tied, all dropped
-    assert abstopk_mod.threshold_keep_bits(x, 8) is not None
+    assert abstopk_mod.threshold_keep(x, 8) is not None
     check_abstopk_equal(x, 8)
 
 
@@ -95,7 +95,7 @@ def test_abstopk_all_zero_and_nearly_zero_rows_match_values_and_gradients():
     x = torch.randn(40, 32)
     x[::3] = 0.0  # all-zero rows
     x[1::3, 3:] = 0.0  # rows with 3 nonzeros < k
-    assert abstopk_mod.threshold_keep_bits(x, 8) is not None  # decided by the fast path, zeros row by row
+    assert abstopk_mod.threshold_keep(x, 8) is not None  # decided by the fast path, zeros row by row
     check_abstopk_equal(x, 8)
     check_abstopk_equal(-x, 8)  # negative entries and -0.0
 
@@ -112,10 +112,10 @@ def test_abstopk_non_finite_inputs():
     torch.manual_seed(5)
     x = torch.randn(8, 16)
     x[0, 3], x[1, 5] = float("inf"), float("-inf")
-    assert abstopk_mod.threshold_keep_bits(x, 4) is not None
+    assert abstopk_mod.threshold_keep(x, 4) is not None
     check_abstopk_equal(x, 4)
     x[2, 7] = float("nan")
-    assert abstopk_mod.threshold_keep_bits(x, 4) is None  # NaN: the reference decides
+    assert abstopk_mod.threshold_keep(x, 4) is None  # NaN: the reference decides
     fast, ref = abstopk_mod.abstopk_threshold(x, 4), abstopk_mod.abstopk_reference(x, 4)
     assert torch.equal(fast.isnan(), ref.isnan()) and torch.equal(fast.nan_to_num(), ref.nan_to_num())
 

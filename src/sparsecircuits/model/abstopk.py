@@ -19,12 +19,11 @@ class IntView(NamedTuple):
     dtype: np.dtype  # integer dtype of the same width
     abs_bits: int  # clears the sign bit: |x|
     inf_bits: int  # +inf; larger values are NaNs
-    shift: int  # arithmetic right shift that turns a negative difference into -1 (all bits) and others into 0
 
 
 FLOAT_BITS = {
-    torch.float32: IntView(np.dtype(np.int32), 0x7FFF_FFFF, 0x7F80_0000, 31),
-    torch.float64: IntView(np.dtype(np.int64), 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000, 63),
+    torch.float32: IntView(np.dtype(np.int32), 0x7FFF_FFFF, 0x7F80_0000),
+    torch.float64: IntView(np.dtype(np.int64), 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000),
 }
 
 
@@ -46,18 +45,16 @@ def abstopk(x: Tensor, k: int) -> Tensor:
     return abstopk_reference(x, k)
 
 
-def threshold_keep_bits(x: Tensor, k: int) -> np.ndarray | None:
-    """Keep-mask of AbsTopK as integer bits, or None where the reference must decide. x: [..., n] (float32/64).
+def threshold_keep(x: Tensor, k: int) -> np.ndarray | None:
+    """Keep-mask of AbsTopK, or None where the reference must decide. x: [..., n] (float32/64) -> bool [..., n].
 
-    Returns integers [..., n] (int32 for float32, int64 for float64): all bits set (-1) where the entry is
-    kept, 0 where it is dropped. The k-th largest |x| of every row comes from one numpy introselect over the
-    whole [rows, n] block of magnitudes read as integers (no float compares, no Python loop per row); the
-    partitioned block also gives each row's (k+1)-th largest, so a tie across the threshold is one compare,
-    and the mask is built in place with integer arithmetic: (threshold - 1 - |x|) >> shift is -1 exactly
-    where |x| >= threshold. That is the reference's kept set unless ties at a nonzero threshold keep other
-    than k entries, or a NaN is present: None is returned for those (for the whole block). Rows whose
-    threshold is 0 (fewer than k nonzeros) take the reference's choice of zeros, so gradients match too.
-    All of it is numpy on one thread: a few passes over the block, no parallel-region barriers.
+    The k-th largest |x| of every row comes from one numpy introselect over the whole [rows, n] block of
+    magnitudes read as integers (no float compares, no Python loop per row); the partitioned block also
+    gives each row's (k+1)-th largest (the max of the part below it), so a tie across the threshold is one
+    compare per row. The mask is |x| >= threshold. That is the reference's kept set unless ties at a nonzero
+    threshold keep other than k entries, or a NaN is present: None is returned for those (for the whole
+    block). Rows whose threshold is 0 (fewer than k nonzeros) take the reference's choice of zeros, so
+    gradients match too. All of it is numpy on one thread: no parallel-region barriers.
     """
     bits = FLOAT_BITS[x.dtype]
     n = x.shape[-1]
@@ -68,8 +65,7 @@ def threshold_keep_bits(x: Tensor, k: int) -> np.ndarray | None:
     exact = (part[:, : n - k].max(axis=1, keepdims=True) < thr) | zero_thr
     if not (exact.all() and part[:, n - k :].max(initial=0) <= bits.inf_bits):
         return None
-    keep = np.subtract(thr - 1, mag, out=mag)  # no overflow: thr and mag both lie in [0, abs_bits]
-    np.right_shift(keep, bits.shift, out=keep)
+    keep = mag >= thr
     if zero_thr.any():
         _reference_rows(x.detach().reshape(-1, n), k, keep, zero_thr[:, 0])
     return keep.reshape(x.shape)
@@ -79,28 +75,29 @@ def _reference_rows(x: Tensor, k: int, keep: np.ndarray, rows: np.ndarray) -> No
     """Overwrite, in place, keep's rows where `rows` is True with the reference's choice. x, keep: [R, n]."""
     sel = np.flatnonzero(rows)
     idx = torch.topk(x[torch.from_numpy(sel)].abs(), k, dim=-1, sorted=False).indices.numpy()
-    chosen = np.zeros((len(sel), x.shape[-1]), dtype=keep.dtype)
-    np.put_along_axis(chosen, idx, -1, axis=-1)
+    chosen = np.zeros((len(sel), x.shape[-1]), dtype=bool)
+    np.put_along_axis(chosen, idx, True, axis=-1)
     keep[sel] = chosen
 
 
-def and_bits(t: Tensor, keep: np.ndarray) -> Tensor:
-    """t's bits ANDed with keep: t where keep is -1, +0.0 where it is 0. t: [...] float32/64 (any strides);
-    keep: integers of t's width and shape. Returns a new tensor."""
-    return torch.from_numpy(np.bitwise_and(t.detach().numpy().view(keep.dtype), keep)).view(t.dtype)
+def masked(t: Tensor, keep: np.ndarray) -> Tensor:
+    """t where keep is True, +0.0 where it is False, bit for bit (an integer multiply of t's bits by 0 or 1).
+    t: [...] float32/64, any strides; keep: bool of t's shape. Returns a new tensor."""
+    bits = FLOAT_BITS[t.dtype]
+    return torch.from_numpy(np.multiply(t.detach().numpy().view(bits.dtype), keep)).view(t.dtype)
 
 
-class _KeepBits(torch.autograd.Function):
-    """y = x where keep is -1, +0.0 where it is 0 (a bitwise AND); the gradient is masked the same way."""
+class _Keep(torch.autograd.Function):
+    """y = x where keep, +0.0 elsewhere; the gradient is masked the same way."""
 
     @staticmethod
     def forward(ctx, x: Tensor, keep: np.ndarray) -> Tensor:
         ctx.keep = keep
-        return and_bits(x, keep)
+        return masked(x, keep)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return and_bits(grad, ctx.keep), None
+        return masked(grad, ctx.keep), None
 
 
 def abstopk_threshold(x: Tensor, k: int) -> Tensor:
@@ -111,10 +108,10 @@ def abstopk_threshold(x: Tensor, k: int) -> Tensor:
     `abstopk_reference`, gradients included: ties at a nonzero threshold and NaNs fall back to it, and rows
     with fewer than k nonzeros take its choice of which zeros are kept (and receive gradient).
     """
-    keep = threshold_keep_bits(x, k)
+    keep = threshold_keep(x, k)
     if keep is None:
         return abstopk_reference(x, k)
-    return _KeepBits.apply(x, keep)
+    return _Keep.apply(x, keep)
 
 
 def abstopk_reference(x: Tensor, k: int) -> Tensor:
