@@ -49,25 +49,29 @@ def threshold_keep(x: Tensor, k: int) -> np.ndarray | None:
     """Keep-mask of AbsTopK, or None where the reference must decide. x: [..., n] (float32/64) -> bool [..., n].
 
     The k-th largest |x| of every row comes from one numpy introselect over the whole [rows, n] block of
-    magnitudes read as integers (no float compares, no Python loop per row); the partitioned block also
-    gives each row's (k+1)-th largest (the max of the part below it), so a tie across the threshold is one
-    compare per row. The mask is |x| >= threshold. That is the reference's kept set unless ties at a nonzero
-    threshold keep other than k entries, or a NaN is present: None is returned for those (for the whole
-    block). Rows whose threshold is 0 (fewer than k nonzeros) take the reference's choice of zeros, so
-    gradients match too. All of it is numpy on one thread: no parallel-region barriers.
+    magnitudes read as integers (no float compares, no Python loop per row), and the mask is
+    |x| >= threshold; one count of the whole mask tells whether any row keeps more than k. That is the
+    reference's kept set unless ties at a nonzero threshold keep other than k entries, or a NaN is present:
+    None is returned for those (for the whole block). Rows whose threshold is 0 (fewer than k nonzeros) take
+    the reference's choice of zeros, so gradients match too. All of it is numpy on one thread: no
+    parallel-region barriers.
     """
     bits = FLOAT_BITS[x.dtype]
     n = x.shape[-1]
     mag = np.bitwise_and(x.detach().numpy().view(bits.dtype), bits.abs_bits).reshape(-1, n)
     part = np.partition(mag, n - k, axis=-1)
     thr = part[:, n - k : n - k + 1]
-    zero_thr = thr == 0
-    exact = (part[:, : n - k].max(axis=1, keepdims=True) < thr) | zero_thr
-    if not (exact.all() and part[:, n - k :].max(initial=0) <= bits.inf_bits):
-        return None
+    if part[:, n - k :].max(initial=0) > bits.inf_bits:
+        return None  # a NaN
     keep = mag >= thr
-    if zero_thr.any():
-        _reference_rows(x.detach().reshape(-1, n), k, keep, zero_thr[:, 0])
+    # Every row keeps at least k (its threshold is its k-th largest), a zero-threshold row all n: one count
+    # over the block tells whether any other row keeps more than k, i.e. a tie crosses its threshold.
+    zero_thr = thr[:, 0] == 0
+    n_zero = int(np.count_nonzero(zero_thr))
+    if np.count_nonzero(keep) != k * (len(keep) - n_zero) + n * n_zero:
+        return None
+    if n_zero:
+        _reference_rows(x.detach().reshape(-1, n), k, keep, zero_thr)
     return keep.reshape(x.shape)
 
 
