@@ -9,7 +9,8 @@ One step is split into its parts, each timed on its own (synchronising the GPU a
 
 Every part of every row is timed round-robin (one call of each per repetition), so a change in the machine's
 load during the run hits all rows alike. Medians are reported; on a machine shared with other work, `--stat
-min` (the least-disturbed repetition of each part) is the steadier estimate of the unloaded cost.
+min` (the least-disturbed repetition of each part) is the steadier estimate of the unloaded cost, and
+OMP_WAIT_POLICY=PASSIVE avoids OpenMP's spinning workers, which made a loaded 2-core machine 8x slower.
 Prints a table and writes JSON (default benchmarks/results/train_step.json).
 
     python benchmarks/train_step.py                 # the demo preset's shape, about a minute on a CPU
