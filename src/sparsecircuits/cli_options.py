@@ -147,3 +147,9 @@ def loss_convention_option() -> Decorator:
         help="pair-sum: a pair's two prompts' binary CE summed, as the paper authors (chance 1.386); "
         "mean: per prompt (chance 0.693).",
     )
+
+
+def shown_option(flag: str, default: Any, type: Any, help: str, dest: str | None = None) -> Decorator:
+    """An option with a typed default that --help shows (most numeric options)."""
+    names = (flag, dest) if dest else (flag,)
+    return click.option(*names, default=default, show_default=True, type=type, help=help)

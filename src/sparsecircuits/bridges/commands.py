@@ -13,6 +13,7 @@ from sparsecircuits.cli_options import (
     preset_option,
     quiet_option,
     seed_option,
+    shown_option,
 )
 from sparsecircuits.errors import UserError
 from sparsecircuits.tasks.base import SPLITS
@@ -96,12 +97,11 @@ def _strengths(text: str) -> list[float]:
 @click.option("--n-pairs", default=32, show_default=True, type=click.IntRange(1, MAX_PAIRS))
 @click.option("--split", default="val", show_default=True, type=click.Choice(SPLITS))
 @seed_option(help="Task sampling and random baseline.")
-@click.option(
+@shown_option(
     "--rms-ratio",
-    default="none",
-    show_default=True,
-    type=click.Choice(["none", "dense-over-sparse"]),
-    help="Extra factor rms_dense/rms_sparse on the edit (the decoder already maps pre-norm scales).",
+    "none",
+    click.Choice(["none", "dense-over-sparse"]),
+    "Extra factor rms_dense/rms_sparse on the edit (the decoder already maps pre-norm scales).",
 )
 @click.option(
     "--dense", "dense_dir", default=None, type=click.Path(path_type=Path), help="Dense run (moved)."

@@ -19,6 +19,7 @@ from sparsecircuits.cli_options import (
     loss_convention_option,
     quiet_option,
     seed_option,
+    shown_option,
 )
 from sparsecircuits.errors import UserError
 
@@ -118,43 +119,13 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
 @click.option(
     "--steps", default=200, show_default=True, type=count(1, MAX_STEPS), help="Mask training steps per trial."
 )
-@click.option(
-    "--budget",
-    default=1,
-    show_default=True,
-    type=count(1, 1000),
-    help="Hyperparameter trials per task (1: Table 2 centers).",
-)
+@shown_option("--budget", 1, count(1, 1000), "Hyperparameter trials per task (1: Table 2 centers).")
 @click.option("--k-coef", default=1e-4, show_default=True, type=NON_NEGATIVE, help="Penalty per active node.")
 @click.option("--lr", default=3e-3, show_default=True, type=POSITIVE, help="Mask learning rate.")
-@click.option(
-    "--batch-pairs",
-    default=32,
-    show_default=True,
-    type=count(1, MAX_PAIRS),
-    help="Pairs per mask training step (the paper: 64).",
-)
-@click.option(
-    "--train-pairs",
-    default=256,
-    show_default=True,
-    type=count(1, MAX_PAIRS),
-    help="Training pairs to draw batches from.",
-)
-@click.option(
-    "--eval-pairs",
-    default=64,
-    show_default=True,
-    type=count(1, MAX_PAIRS),
-    help="Fixed validation pairs for the bisection.",
-)
-@click.option(
-    "--mean-windows",
-    default=64,
-    show_default=True,
-    type=count(1, MAX_WINDOWS),
-    help="Pretraining windows for mean activations.",
-)
+@shown_option("--batch-pairs", 32, count(1, MAX_PAIRS), "Pairs per mask training step (the paper: 64).")
+@shown_option("--train-pairs", 256, count(1, MAX_PAIRS), "Training pairs to draw batches from.")
+@shown_option("--eval-pairs", 64, count(1, MAX_PAIRS), "Fixed validation pairs for the bisection.")
+@shown_option("--mean-windows", 64, count(1, MAX_WINDOWS), "Pretraining windows for mean activations.")
 @click.option("--no-calibrate", is_flag=True, help="Compare the uncalibrated loss with the target.")
 @click.option("--tie-qk", is_flag=True, help="One mask per query/key channel pair (PAPER.md 5.1).")
 @click.option(

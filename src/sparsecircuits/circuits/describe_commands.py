@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from sparsecircuits.cli_options import count, data_option, device_option, force_option, quiet_option
+from sparsecircuits.cli_options import (
+    count,
+    data_option,
+    device_option,
+    force_option,
+    quiet_option,
+    shown_option,
+)
 from sparsecircuits.errors import UserError
 
 MAX_WINDOWS = 100_000
@@ -63,19 +70,17 @@ def _task_prompts(run, circuit: dict[str, Any], n_pairs: int):
     "--model", "model_dir", type=click.Path(path_type=Path), help="Run directory (default: as recorded)."
 )
 @data_option(required=False, help="Pretraining dataset (default: the one the model was trained on).")
-@click.option(
+@shown_option(
     "--windows",
-    default=256,
-    show_default=True,
-    type=count(1, MAX_WINDOWS),
-    help="Pretraining windows (of n_ctx tokens, from val.bin) to find what each node fires on.",
+    256,
+    count(1, MAX_WINDOWS),
+    "Pretraining windows (of n_ctx tokens, from val.bin) to find what each node fires on.",
 )
-@click.option(
+@shown_option(
     "--pairs",
-    default=64,
-    show_default=True,
-    type=count(1, MAX_PAIRS),
-    help="Task prompt pairs (validation split) for the prompt-kind means and attention.",
+    64,
+    count(1, MAX_PAIRS),
+    "Task prompt pairs (validation split) for the prompt-kind means and attention.",
 )
 @click.option("--batch-size", default=32, show_default=True, type=count(1, 4096), help="Windows per forward.")
 @click.option("--no-write", is_flag=True, help="Print the labels only; leave the circuit file as it is.")
@@ -119,12 +124,11 @@ def describe(circuit_path, model_dir, data_dir, windows, pairs, batch_size, no_w
     help="text, or Markdown with an SVG drawing [default: md when --out ends in .md, else text].",
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
-@click.option(
+@shown_option(
     "--edges-per-node",
-    default=8,
-    show_default=True,
-    type=count(0, 100_000),
-    help="Incoming edges listed per node, strongest first (the rest are counted).",
+    8,
+    count(0, 100_000),
+    "Incoming edges listed per node, strongest first (the rest are counted).",
 )
 @click.option(
     "--max-edges", default=2000, show_default=True, type=count(0, 1_000_000), help="Edges drawn in the SVG."

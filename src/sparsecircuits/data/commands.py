@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from sparsecircuits.cli_options import FRACTION, NON_NEGATIVE, force_option, quiet_option, seed_option
+from sparsecircuits.cli_options import (
+    FRACTION,
+    NON_NEGATIVE,
+    force_option,
+    quiet_option,
+    seed_option,
+    shown_option,
+)
 
 
 @click.group()
@@ -23,20 +30,18 @@ def data() -> None:
     help="Directory or .py file to read (repeatable). Default: the running Python's standard library.",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dataset directory.")
-@click.option(
+@shown_option(
     "--vocab-size",
-    default=2048,
-    show_default=True,
-    type=click.IntRange(1, 2**16),
-    help="BPE vocabulary size (the paper's is 2048; at most 65536: shards hold uint16 ids).",
+    2048,
+    click.IntRange(1, 2**16),
+    "BPE vocabulary size (the paper's is 2048; at most 65536: shards hold uint16 ids).",
 )
-@click.option(
+@shown_option(
     "--synthetic",
-    "synthetic_mb",
-    default=0.0,
-    show_default=True,
-    type=NON_NEGATIVE,
-    help="Megabytes of generated simple-idiom Python to mix in.",
+    0.0,
+    NON_NEGATIVE,
+    "Megabytes of generated simple-idiom Python to mix in.",
+    dest="synthetic_mb",
 )
 @click.option(
     "--tokenizer",

@@ -15,18 +15,14 @@ from sparsecircuits.cli_options import (
     force_option,
     loss_convention_option,
     preset_names,
+    shown_option,
 )
 
 
 @click.command()
 @click.option("--out", default=Path("runs/demo"), show_default=True, type=click.Path(path_type=Path))
-@click.option(
-    "--synthetic",
-    "synthetic_mb",
-    default=40.0,
-    show_default=True,
-    type=FiniteFloat(0.0, 100_000.0),
-    help="MB of synthetic idioms.",
+@shown_option(
+    "--synthetic", 40.0, FiniteFloat(0.0, 100_000.0), "MB of synthetic idioms.", dest="synthetic_mb"
 )
 @click.option(
     "--train",
@@ -41,13 +37,7 @@ from sparsecircuits.cli_options import (
     help="Training preset (default: demo on CPU, demo-gpu where CUDA is present).",
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Training override for both models.")
-@click.option(
-    "--max-tasks",
-    default=4,
-    show_default=True,
-    type=count(1),
-    help="Tasks to prune (the two required first).",
-)
+@shown_option("--max-tasks", 4, count(1), "Tasks to prune (the two required first).")
 @click.option("--target-loss", default=0.15, show_default=True, type=POSITIVE)
 @loss_convention_option()
 @click.option(

@@ -14,6 +14,7 @@ from sparsecircuits.cli_options import (
     loss_convention_option,
     quiet_option,
     seed_option,
+    shown_option,
 )
 from sparsecircuits.tasks.base import SPLITS
 from sparsecircuits.tasks.registry import all_tasks, get_task
@@ -72,13 +73,7 @@ def show(name: str, n: int, split: str, seed: int) -> None:
 @click.option(
     "--task", "task_names", multiple=True, help="Task name (repeatable); default every minable task."
 )
-@click.option(
-    "--max-per-task",
-    default=MINE_MAX_PER_TASK,
-    show_default=True,
-    type=count(1, 1_000_000),
-    help="Instances per task.",
-)
+@shown_option("--max-per-task", MINE_MAX_PER_TASK, count(1, 1_000_000), "Instances per task.")
 @click.option(
     "--max-files", default=MINE_MAX_FILES, show_default=True, type=count(1), help="Files read at most."
 )
@@ -153,22 +148,10 @@ def _eval_mined(run, mined: dict[str, list[dict]], convention: str) -> list[dict
 @click.command("eval")
 @click.option("--model", "run_path", required=True, type=click.Path(), help="Run directory.")
 @click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default all 20.")
-@click.option(
-    "--n-pairs",
-    default=256,
-    show_default=True,
-    type=count(1, MAX_EVAL_PAIRS),
-    help="Pairs per task (2 prompts each).",
-)
+@shown_option("--n-pairs", 256, count(1, MAX_EVAL_PAIRS), "Pairs per task (2 prompts each).")
 @click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True)
 @seed_option()
-@click.option(
-    "--val-batches",
-    default=20,
-    show_default=True,
-    type=count(1, MAX_VAL_BATCHES),
-    help="Batches for the pretraining val loss.",
-)
+@shown_option("--val-batches", 20, count(1, MAX_VAL_BATCHES), "Batches for the pretraining val loss.")
 @device_option()
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results here.")
 @force_option("Overwrite an existing --json file.")

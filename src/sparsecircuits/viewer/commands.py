@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparsecircuits.cli_options import NON_NEGATIVE, force_option
+from sparsecircuits.cli_options import NON_NEGATIVE, force_option, shown_option
 from sparsecircuits.errors import UserError
 
 
@@ -21,12 +21,11 @@ from sparsecircuits.errors import UserError
 @click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free)."
 )
-@click.option(
+@shown_option(
     "--windows",
-    default=64,
-    show_default=True,
-    type=click.IntRange(1, 4096),
-    help="Validation windows (of n_ctx tokens) scanned for a node's corpus snippets.",
+    64,
+    click.IntRange(1, 4096),
+    "Validation windows (of n_ctx tokens) scanned for a node's corpus snippets.",
 )
 @click.option(
     "--export",
@@ -40,13 +39,7 @@ from sparsecircuits.errors import UserError
 @click.option(
     "--max-edges", default=2000, show_default=True, type=click.IntRange(1), help="SVG export: edges drawn."
 )
-@click.option(
-    "--min-weight",
-    default=0.0,
-    show_default=True,
-    type=NON_NEGATIVE,
-    help="SVG export: smallest |weight| drawn.",
-)
+@shown_option("--min-weight", 0.0, NON_NEGATIVE, "SVG export: smallest |weight| drawn.")
 @force_option("Export: overwrite an existing --out file.")
 @click.option("--verbose", is_flag=True, help="Log every request.")
 def view(
