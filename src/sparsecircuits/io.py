@@ -83,6 +83,7 @@ OWNED_ENTRIES: dict[str, tuple[str, ...]] = {
         "dense",
         "circuits",
         "eval.json",
+        "natural.jsonl",
         "demo.json",
         "report.json",
         "report.html",
