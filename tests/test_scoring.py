@@ -92,6 +92,17 @@ def prompts(n: int, seed: int) -> PromptSet:
     return PromptSet(toks, torch.full((n,), 7), correct, 7 - correct, torch.where(correct == 3, 1.0, -1.0))
 
 
+def recorder(store: dict, loc: str, fn=None):
+    """A hook that applies `fn` (if any) and records what the forward then carries at `loc`."""
+
+    def hook(x: torch.Tensor) -> torch.Tensor:
+        out = fn(x) if fn is not None else x
+        store[loc] = out.detach().clone()
+        return out
+
+    return hook
+
+
 def test_resampled_values_come_from_a_clean_forward_of_pretraining_windows(tmp_path):
     model, _, bin_path = tiny(tmp_path)
     locations = model.node_locations()
@@ -103,22 +114,16 @@ def test_resampled_values_come_from_a_clean_forward_of_pretraining_windows(tmp_p
     data = np.fromfile(bin_path, dtype=np.uint16)
     for row in windows.numpy():  # every donor is a real window of the pretraining stream
         assert any(np.array_equal(data[s : s + len(row)], row) for s in range(len(data) - len(row) + 1))
-    seen = {}
-    with model.hooks(
-        {loc: (lambda loc: lambda x: seen.__setitem__(loc, x.detach().clone()))(loc) for loc in locations}
-    ):
+    seen: dict[str, torch.Tensor] = {}
+    with model.hooks({loc: recorder(seen, loc) for loc in locations}):
         model(windows)  # a plain forward of the donors, read through hooks
     for loc in locations:
         assert torch.equal(donors[loc], seen[loc]), loc
-    # every node ablated: each takes exactly the donor's value at the same position
+    # every node ablated: each takes exactly the donor's value at the same prompt and position
     mask = NodeMask({loc: model.location_width(loc) for loc in locations}, None, "resample")
-    got = {}
-    hooks = mask.hooks(torch.zeros(mask.n_nodes), donors)
-    reads = {
-        loc: (lambda loc, fn: lambda x: got.__setitem__(loc, fn(x)) or got[loc])(loc, hooks[loc])
-        for loc in locations
-    }
-    with torch.no_grad(), model.hooks(reads):
+    gated = mask.hooks(torch.zeros(mask.n_nodes), donors)
+    got: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), model.hooks({loc: recorder(got, loc, gated[loc]) for loc in locations}):
         model(p.tokens)
     for loc in locations:
         assert torch.equal(got[loc], donors[loc]), loc
