@@ -119,7 +119,13 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
 @click.option(
     "--steps", default=200, show_default=True, type=count(1, MAX_STEPS), help="Mask training steps per trial."
 )
-@shown_option("--budget", 1, count(1, 1000), "Hyperparameter trials per task (1: Table 2 centers).")
+@shown_option(
+    "--budget",
+    1,
+    count(1, 1000),
+    "Settings tried per task by successive halving: all run briefly, the better half again with twice the "
+    "steps, until one runs --steps in full (1: the Table 2 centers alone).",
+)
 @click.option("--k-coef", default=1e-4, show_default=True, type=NON_NEGATIVE, help="Penalty per active node.")
 @click.option("--lr", default=3e-3, show_default=True, type=POSITIVE, help="Mask learning rate.")
 @shown_option("--batch-pairs", 32, count(1, MAX_PAIRS), "Pairs per mask training step (the paper: 64).")

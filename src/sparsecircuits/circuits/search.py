@@ -1,8 +1,9 @@
 """A small hyperparameter search per (model, task): the paper tuned every pair with CARBS (PAPER.md 7.3).
 
-Trial 0 uses the given config (the paper's Table 2 centers by default); later trials draw k_coef, lr,
-init_bias and the surrogate temperature log-uniformly around it. The winner is the smallest circuit that
-meets the target (ties: lower loss). No external tuner and nothing to install.
+Setting 0 is the given config (the paper's Table 2 centers by default); the others draw k_coef, lr,
+init_bias and the surrogate temperature log-uniformly around it. Successive halving runs many short trials
+and continues the best (see `search`); the winner is the smallest circuit that meets the target (ties: lower
+loss). No external tuner and nothing to install.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def propose(base: PruneConfig, trial: int, rng: random.Random) -> PruneConfig:
     return dataclasses.replace(base, seed=base.seed + trial, **changes)
 
 
+def _rank(res: PruneResult) -> tuple[int, float]:
+    return (res.k, res.score.loss)
+
+
 def search(
     model: GPT,
     means,
@@ -39,28 +44,45 @@ def search(
     log=print,
     pretraining: str | None = None,
 ) -> tuple[PruneResult, list[dict]]:
-    """Run `budget` pruning trials and return the best result and a summary row per trial."""
+    """Successive halving over `budget` settings; returns the best result and a summary row per trial.
+
+    Rung 0 runs every setting for steps / 2^R (R = ceil(log2 budget)), without the clean-up, and ranks them by
+    the bisection's circuit size (ties: loss); the better half is re-run with twice the steps, and so on,
+    until the last survivor runs the full `base.steps` with the clean-up as configured. Survivors restart
+    from scratch (the mask's schedule depends on its length), so the cost is about R + 1 full trials rather
+    than `budget`. budget 1 is one plain trial with the base setting.
+    """
     rng = random.Random(base.seed)
-    best: PruneResult | None = None
+    survivors = [propose(base, trial, rng) for trial in range(budget)]
+    n_rungs = math.ceil(math.log2(budget)) if budget > 1 else 0
     rows: list[dict] = []
-    for trial in range(budget):
-        cfg = propose(base, trial, rng)
-        res = prune(model, means, train, evaluation, cfg, progress, pretraining)
-        rows.append(
-            {
-                "trial": trial,
-                "k": res.k,
-                "loss": res.score.loss,
-                "seconds": round(res.seconds, 2),
-                **{f: getattr(cfg, f) for f in SPREAD},
-            }
-        )
-        if budget > 1:
-            log(
-                f"  trial {trial}: {res.k} nodes, loss {res.score.loss:.4f} "
-                f"(k_coef {cfg.k_coef:.2g}, lr {cfg.lr:.2g}, temp {cfg.temp:.2g})"
+    best: PruneResult | None = None
+    for rung in range(n_rungs + 1):
+        last = rung == n_rungs
+        steps = max(1, base.steps // 2 ** (n_rungs - rung))
+        results = []
+        for cfg in survivors:
+            trial_cfg = dataclasses.replace(cfg, steps=steps, cleanup=cfg.cleanup and last)
+            res = prune(model, means, train, evaluation, trial_cfg, progress, pretraining)
+            results.append((res, cfg))
+            rows.append(
+                {
+                    "trial": len(rows),
+                    "rung": rung,
+                    "steps": steps,
+                    "k": res.k,
+                    "loss": res.score.loss,
+                    "seconds": round(res.seconds, 2),
+                    **{f: getattr(cfg, f) for f in SPREAD},
+                }
             )
-        if best is None or (res.k, res.score.loss) < (best.k, best.score.loss):
-            best = res
+            if budget > 1:
+                log(
+                    f"  rung {rung} ({steps} steps): {res.k} nodes, loss {res.score.loss:.4f} "
+                    f"(k_coef {cfg.k_coef:.2g}, lr {cfg.lr:.2g}, temp {cfg.temp:.2g})"
+                )
+        results.sort(key=lambda rc: _rank(rc[0]))
+        best = results[0][0]
+        survivors = [cfg for _, cfg in results[: math.ceil(len(results) / 2)]]
     assert best is not None and math.isfinite(best.score.loss)
     return best, rows

@@ -1,0 +1,46 @@
+"""Successive halving over pruning settings: short trials for all, the better half continued."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import sparsecircuits.circuits.search as search_mod
+from sparsecircuits.circuits.prune import PruneConfig
+
+
+def fake_prune(calls: list):
+    """A prune whose circuit size falls with k_coef and with more steps (a stand-in for mask training)."""
+
+    def prune(model, means, train, evaluation, cfg, progress, pretraining):
+        calls.append(cfg)
+        k = int(1000 / (1 + 1e4 * cfg.k_coef) / math.sqrt(cfg.steps))
+        return SimpleNamespace(k=k, score=SimpleNamespace(loss=0.1), seconds=0.0)
+
+    return prune
+
+
+def test_successive_halving_runs_short_trials_and_continues_the_best(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(search_mod, "prune", fake_prune(calls))
+    base = PruneConfig(steps=160)
+    best, rows = search_mod.search(None, None, None, None, base, budget=8, progress=False, log=lambda s: None)
+    assert [r["rung"] for r in rows] == [0] * 8 + [1] * 4 + [2] * 2 + [3]
+    assert [r["steps"] for r in rows] == [20] * 8 + [40] * 4 + [80] * 2 + [160]
+    assert [c.cleanup for c in calls] == [False] * 14 + [True]  # clean-up only for the final run
+    # each rung keeps the better half: the survivors are the settings with the smallest circuits so far
+    rung0 = sorted(rows[:8], key=lambda r: r["k"])
+    assert {r["k_coef"] for r in rows[8:12]} == {r["k_coef"] for r in rung0[:4]}
+    assert {r["k_coef"] for r in rows[12:14]} == {
+        r["k_coef"] for r in sorted(rows[8:12], key=lambda r: r["k"])[:2]
+    }
+    assert rows[-1]["k_coef"] == min(rows[12:14], key=lambda r: r["k"])["k_coef"]
+    assert best.k == rows[-1]["k"]
+
+
+def test_budget_one_is_one_plain_trial(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(search_mod, "prune", fake_prune(calls))
+    base = PruneConfig(steps=150)
+    _, rows = search_mod.search(None, None, None, None, base, budget=1, progress=False)
+    assert len(calls) == 1 and calls[0] == base and rows[0]["steps"] == 150
