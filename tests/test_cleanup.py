@@ -73,3 +73,26 @@ def test_planted_circuit_is_recovered_exactly_after_cleanup(tmp_path):
     assert set(kept) == {"0.mlp.act_in", "0.mlp.post_act", "0.mlp.resid_delta"}, kept
     assert set(kept["0.mlp.post_act"]) <= {0, 1}, kept
     assert res.score.loss <= 0.3
+
+
+def test_tied_circuit_file_gives_each_node_its_units_tau(tmp_path):
+    from sparsecircuits.circuits.circuit import make_circuit
+
+    model = planted_model()
+    write_tokens(tmp_path / "v.bin", np.random.default_rng(0).integers(0, 8, 4000))
+    means = mean_activations(model, tmp_path / "v.bin", n_windows=32, batch_size=8)
+    cfg = PruneConfig(
+        target_loss=5.0, steps=5, tie_qk=True, cleanup=False
+    )  # keeps q and k nodes of late units
+    res = prune(model, means, planted_prompts(64, 0), planted_prompts(32, 1), cfg, progress=False)
+    with torch.no_grad():
+        res.mask.tau.copy_(torch.linspace(-1, 1, res.mask.n_units))
+    res.gates = torch.ones(res.mask.n_nodes)  # every node, so the last units' nodes are described too
+    info = make_circuit(model, {}, {"name": "planted"}, res, res.evaluate)["node_info"]
+    assert len(info) == res.mask.n_nodes
+    width = model.location_width("0.attn.q")
+    for i in range(width):
+        assert info[f"0.attn.q.{i}"]["tau"] == info[f"0.attn.k.{i}"]["tau"]
+    assert (
+        info["0.mlp.resid_delta.7"]["tau"] == 1.0
+    )  # the last node's unit, beyond n_units when read per node

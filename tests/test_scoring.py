@@ -206,3 +206,15 @@ def test_schema_1_circuit_files_still_load(tmp_path):
     assert v["sufficiency"]["loss_raw"] == 1.778 and v["sufficiency"]["calibration"]["fitted_on"] == "test"
     assert v["verdict"] == "not sufficient"  # 0.177 > 0.15
     assert v["random"]["loss_calibrated"] == 0.7
+
+
+def test_natural_prompts_score_under_a_resample_ablation(tmp_path):
+    from sparsecircuits.circuits.validate import score_natural
+
+    model, means, bin_path = tiny(tmp_path)
+    natural = prompts(8, 3)
+    gates = torch.ones(sum(model.location_width(loc) for loc in model.node_locations()))
+    out = score_natural(
+        model, means, gates, natural, Calibration(), ablation="resample", pretraining=str(bin_path)
+    )
+    assert out["n_prompts"] == 8 and out["circuit"] == out["full_model"]  # every node kept: nothing resampled

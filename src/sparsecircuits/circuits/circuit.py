@@ -26,7 +26,7 @@ def node_effects(evaluate: Evaluator, result: PruneResult) -> dict[str, dict[str
     kept = torch.nonzero(result.gates).flatten()
     names = nodes_to_names(gates_to_nodes(result, result.gates))
     info: dict[str, dict[str, float]] = {}
-    tau = result.mask.tau.detach()
+    tau = result.mask.expand(result.mask.tau.detach())  # per node (tie_qk: a pair shares its unit's tau)
     for name, i in zip(names, kept.tolist()):  # names and kept indices share the forward order
         entry = {"tau": round(float(tau[i]), 4)}
         if len(kept) <= MAX_EFFECT_NODES:

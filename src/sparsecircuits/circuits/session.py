@@ -152,6 +152,8 @@ def prune_one(
                 result.score.calibration,
                 cfg.loss_convention,
                 cfg.ablation,
+                session.pretraining,
+                cfg.seed,
             )
     task_info = {
         "name": task,
@@ -237,6 +239,14 @@ def validate_circuit(
     if natural:
         natural_prompts = session.natural_prompts(task, natural)
         result["natural"] = score_natural(
-            session.model, session.means, gates, natural_prompts, calibration, convention, ablation
+            session.model,
+            session.means,
+            gates,
+            natural_prompts,
+            calibration,
+            convention,
+            ablation,
+            session.pretraining,
+            seed,
         )
     return result

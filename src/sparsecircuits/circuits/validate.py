@@ -129,12 +129,17 @@ def score_natural(
     circuit_calibration: Calibration,
     convention: str = DEFAULT_CONVENTION,
     ablation: str = "mean",
+    pretraining: str | None = None,
+    seed: int = 0,
 ) -> dict:
-    """The unpruned model and the circuit (with its frozen calibration) on prompts mined from real code."""
+    """The unpruned model and the circuit (with its frozen calibration) on prompts mined from real code.
+
+    pretraining, seed: the donors of a resample ablation, as in `validate`.
+    """
     widths = {loc: model.location_width(loc) for loc in model.node_locations()}
-    evaluate = Evaluator(
-        model, NodeMask(widths, means, ablation), natural, False, convention, split="natural"
-    )
+    mask = NodeMask(widths, means, ablation)
+    donors = make_donor_source(model, ablation, pretraining, seed)
+    evaluate = Evaluator(model, mask, natural, False, convention, donors, split="natural")
     return {
         "n_prompts": len(natural),
         "full_model": evaluate(torch.ones_like(gates)).to_json(),
