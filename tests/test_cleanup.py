@@ -88,7 +88,7 @@ def test_tied_circuit_file_gives_each_node_its_units_tau(tmp_path):
     with torch.no_grad():
         res.mask.tau.copy_(torch.linspace(-1, 1, res.mask.n_units))
     res.gates = torch.ones(res.mask.n_nodes)  # every node, so the last units' nodes are described too
-    info = make_circuit(model, {}, {"name": "planted"}, res, res.evaluate)["node_info"]
+    info = make_circuit(model, {}, {"name": "planted"}, res)["node_info"]
     assert len(info) == res.mask.n_nodes
     width = model.location_width("0.attn.q")
     for i in range(width):

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from sparsecircuits.circuits.session import task_prompts
 from sparsecircuits.errors import UserError
 from sparsecircuits.run import Run, load_run
 
@@ -49,22 +50,9 @@ def mean_activations(run: Run, data: str | Path | None = None, windows: int = 64
     data: the pretraining dataset folder (default: the one the run was trained on).
     """
     from sparsecircuits.circuits.means import cached_means
-    from sparsecircuits.data.dataset import load_dataset
+    from sparsecircuits.circuits.session import pretraining_data
 
-    data = data or (run.config.get("data") or {}).get("dir")
-    if not data:
-        raise UserError(f"{run.path}/config.json names no data directory: pass data=DATASET_DIR")
-    return cached_means(run.model, run.path, load_dataset(data).val_bin, windows)
-
-
-def task_prompts(run: Run, task: str, n_pairs: int = 64, split: str = "val", seed: int = 0):
-    """A task's prompt pairs tokenised for `run`: a circuits.scoring.PromptSet (tokens [2 n_pairs, T], last,
-    correct, wrong, sign) on the model's device; rows 2i and 2i + 1 are pair i."""
-    from sparsecircuits.circuits.scoring import from_task_batch
-    from sparsecircuits.tasks.evaluate import encode_task
-
-    batch = encode_task(task, run.tokenizer, n_pairs, split=split, seed=seed, n_ctx=run.model.cfg.n_ctx)
-    return from_task_batch(batch).to(next(run.model.parameters()).device)
+    return cached_means(run.model, run.path, pretraining_data(run, data).val_bin, windows)
 
 
 def run_with_cache(run: Run, tokens: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
@@ -110,20 +98,16 @@ class Circuit:
     @contextmanager
     def apply(self, run: Run, means: dict[str, torch.Tensor] | None = None) -> Iterator[Any]:
         """Run `run.model` inside the with-block with every node outside the circuit ablated (the circuit's
-        mean or zero ablation; means default to `mean_activations(run)`). Yields the model."""
+        mean or zero ablation; means default to `mean_activations(run)`; the resample ablations need donors
+        per batch and are refused). Yields the model."""
         from sparsecircuits.circuits.masks import NodeMask
 
         model = run.model
         ablation = self.data.get("ablation", "mean")
-        if ablation not in ("mean", "zero"):
-            raise UserError(f"Circuit.apply supports the mean and zero ablations, not {ablation!r}")
         if ablation == "mean" and means is None:
             means = mean_activations(run)
-        widths = {loc: model.location_width(loc) for loc in model.node_locations()}
-        device = next(model.parameters()).device
-        means = {k: v.to(device) for k, v in means.items()} if means else None
-        mask = NodeMask(widths, means, ablation).to(device)
-        with model.hooks(mask.hooks(self.gates(model))):
+        mask = NodeMask.for_model(model, means, ablation).to(next(model.parameters()).device)
+        with model.hooks(mask.hooks(self.gates(model))):  # a resample ablation: UserError, needs donors
             yield model
 
     def save(self, path: str | Path, force: bool = False) -> Path:

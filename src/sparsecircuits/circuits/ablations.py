@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sparsecircuits.data.shards import gather_windows, open_tokens
 from sparsecircuits.errors import UserError
 
 
@@ -70,8 +71,6 @@ class DonorSource:
     """
 
     def __init__(self, model, ablation: Ablation, pretraining: str | Path | None = None, seed: int = 0):
-        from sparsecircuits.data.shards import open_tokens
-
         self.model, self.ablation = model, ablation
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.tokens = None
@@ -88,8 +87,7 @@ class DonorSource:
         if len(self.tokens) < t:
             raise UserError(f"pretraining data has {len(self.tokens)} tokens, fewer than one window of {t}")
         starts = torch.randint(0, len(self.tokens) - t + 1, (n,), generator=self.gen).numpy()
-        windows = self.tokens[starts[:, None] + torch.arange(t).numpy()[None, :]]
-        return torch.from_numpy(windows.astype("int64")).to(tokens.device)
+        return gather_windows(self.tokens, starts, t).to(tokens.device)
 
     @torch.no_grad()
     def __call__(self, tokens: Tensor, last: Tensor, locations: list[str]) -> dict[str, Tensor]:

@@ -1,4 +1,4 @@
-"""Assemble a circuit file from a pruning result: nodes, edges, counts, per-node effects and validation."""
+"""Assemble a circuit file from a pruning result: nodes, edges, counts, stages and per-node effects."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from sparsecircuits import __version__
 from sparsecircuits.circuits.edges import circuit_edges, count_edges
 from sparsecircuits.circuits.nodes import nodes_to_names
-from sparsecircuits.circuits.prune import Evaluator, PruneResult
+from sparsecircuits.circuits.prune import PruneResult
 
 MAX_EFFECT_NODES = 128  # per-node ablation effects cost one forward each (larger circuits: tau only)
 
@@ -21,8 +21,10 @@ def gates_to_nodes(result: PruneResult, gates: torch.Tensor) -> dict[str, torch.
 
 
 @torch.no_grad()
-def node_effects(evaluate: Evaluator, result: PruneResult) -> dict[str, dict[str, float]]:
-    """Task loss with each circuit node alone removed (mean-ablated) from the circuit, and its tau."""
+def node_effects(result: PruneResult) -> dict[str, dict[str, float]]:
+    """Task loss with each circuit node alone removed (ablated) from the circuit, and its tau; the losses on
+    the bisection's validation prompts (result.evaluate)."""
+    evaluate = result.evaluate
     kept = torch.nonzero(result.gates).flatten()
     names = nodes_to_names(gates_to_nodes(result, result.gates))
     info: dict[str, dict[str, float]] = {}
@@ -42,11 +44,9 @@ def make_circuit(
     model_info: dict[str, Any],
     task: dict[str, Any],
     result: PruneResult,
-    evaluate: Evaluator,
-    validation: dict | None = None,
     search_rows: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """The circuit dict of docs/formats.md (write it with circuit_file.write_circuit)."""
+    """The circuit dict of docs/formats.md without its validation (write it with circuit_file.write_circuit)."""
     nodes = gates_to_nodes(result, result.gates)
     graph = circuit_edges(model.state_dict(), model.cfg, nodes)
     stages = {k: dict(v) for k, v in result.stages.items()}
@@ -71,7 +71,7 @@ def make_circuit(
             "full_model": result.full_score.to_json(),
         },
         "nodes": nodes_to_names(nodes),
-        "node_info": node_effects(evaluate, result),
+        "node_info": node_effects(result),
         **graph.to_json(),
         "bisection": result.bisection,
         # the counts above are after the last stage run: "cleanup" when it ran, else "bisection"
@@ -83,8 +83,6 @@ def make_circuit(
             "search": search_rows or [],
         },
     }
-    if validation is not None:
-        circuit["validation"] = validation
     return circuit
 
 

@@ -123,6 +123,7 @@ def upgrade_v1(circuit: dict[str, Any]) -> dict[str, Any]:
     """A schema-1 circuit in the schema-2 form. Schema 1 used the per-prompt mean loss convention, and its
     validation fitted each calibration on the very test prompts it scored (recorded as fitted_on "test")."""
     from sparsecircuits.circuits.validate import sufficiency_verdict
+    from sparsecircuits.tasks.evaluate import chance_loss
 
     new = {**circuit, "schema": SCHEMA, "loss_convention": "mean", "upgraded_from": SCHEMA_V1}
     a = circuit.get("achieved") or {}
@@ -141,7 +142,7 @@ def upgrade_v1(circuit: dict[str, Any]) -> dict[str, Any]:
         new["validation"] = {
             "split": v.get("split", "test"),
             "loss_convention": "mean",
-            "chance": 0.6931471805599453,
+            "chance": chance_loss("mean"),
             "target_loss": circuit.get("target_loss"),
             "calibration_fitted_on": "test",
             **{

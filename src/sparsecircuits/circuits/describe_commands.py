@@ -37,29 +37,13 @@ def _open_run(circuit: dict[str, Any], circuit_path: Path, model_dir: Path | Non
     return run
 
 
-def _val_tokens(run, data_dir: Path | None) -> Path:
-    """val.bin of the run's dataset (or --data), built with the run's tokenizer."""
-    from sparsecircuits.data.dataset import load_dataset
-
-    data_dir = data_dir or (run.config.get("data") or {}).get("dir")
-    if not data_dir:
-        raise UserError(f"{run.path}/config.json names no data directory: pass --data DIR")
-    dataset = load_dataset(data_dir)
-    dataset.check_built_with(run.path / "tokenizer.json", run.tokenizer, f"run {run.path}")
-    return dataset.val_bin
-
-
 def _task_prompts(run, circuit: dict[str, Any], n_pairs: int):
-    """The task's validation prompts (seed of the pruning) as a PromptSet on the model's device."""
-    from sparsecircuits.circuits.scoring import from_task_batch
-    from sparsecircuits.tasks.evaluate import encode_task
+    """The task's validation prompts (seed of the pruning) as a PromptSet on the model's device, and the seed."""
+    from sparsecircuits.circuits.session import task_prompts
 
     hyper = (circuit.get("pruning") or {}).get("hyperparameters") or {}
     seed = int(hyper.get("seed", 0))
-    batch = encode_task(
-        circuit["task"]["name"], run.tokenizer, n_pairs, split="val", seed=seed, n_ctx=run.model.cfg.n_ctx
-    )
-    return from_task_batch(batch).to(next(run.model.parameters()).device), seed
+    return task_prompts(run, circuit["task"]["name"], n_pairs, "val", seed), seed
 
 
 @click.command(name="describe")
@@ -90,6 +74,7 @@ def describe(circuit_path, model_dir, data_dir, windows, pairs, batch_size, no_w
     """Describe every circuit node from data and store a label and the evidence in the circuit file."""
     from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
     from sparsecircuits.circuits.describe import add_descriptions, describe_nodes
+    from sparsecircuits.circuits.session import pretraining_data
 
     circuit = read_circuit(circuit_path)
     if not no_write:
@@ -97,7 +82,7 @@ def describe(circuit_path, model_dir, data_dir, windows, pairs, batch_size, no_w
 
         check_writable(circuit_path, "circuit file")  # before the work
     run = _open_run(circuit, circuit_path, model_dir, device)
-    tokens = _val_tokens(run, data_dir)
+    tokens = pretraining_data(run, data_dir).val_bin
     prompts, seed = _task_prompts(run, circuit, pairs)
     described = describe_nodes(
         run.model, run.tokenizer, circuit, tokens, prompts, windows, batch_size, progress=not quiet

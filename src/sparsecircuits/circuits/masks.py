@@ -71,6 +71,12 @@ class NodeMask(nn.Module):
             mu = torch.cat([means[k].float().reshape(-1) for k in self.locations])
         self.register_buffer("mu", mu)
 
+    @classmethod
+    def for_model(cls, model, *args, **options) -> NodeMask:
+        """A mask over every node location of `model`, in forward order (the other arguments as __init__'s)."""
+        widths = {loc: model.location_width(loc) for loc in model.node_locations()}
+        return cls(widths, *args, **options)
+
     @property
     def n_nodes(self) -> int:
         return self.offsets[-1]

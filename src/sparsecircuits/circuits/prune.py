@@ -204,9 +204,8 @@ def prune(
     t0 = time.perf_counter()
     model.eval()
     model.requires_grad_(False)
-    widths = {loc: model.location_width(loc) for loc in model.node_locations()}
-    mask = NodeMask(
-        widths,
+    mask = NodeMask.for_model(
+        model,
         means,
         cfg.ablation,
         cfg.init_bias,

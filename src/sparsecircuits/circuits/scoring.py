@@ -12,6 +12,7 @@ The protocol (beyond the paper, which only says "a scale and shift, 16 LBFGS ste
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,7 @@ def gated_diff(
 ) -> Tensor:
     """correct_minus_wrong with the node gates applied through hooks. Returns [N].
 
-    donors: for the resample ablations, location -> [N, T, width] ablated values (see masks.donor_values).
+    donors: for the resample ablations, location -> [N, T, width] ablated values (ablations.DonorSource).
     """
     with model.hooks(mask.hooks(gates, donors)):
         return correct_minus_wrong(model, prompts)
@@ -140,7 +141,7 @@ def fit_calibration(
     fitted = Calibration(a, b, fitted_on)
     identity = Calibration(1.0, 0.0, fitted_on)
     loss = float(task_loss(fitted.apply(diff.double(), sign.double())))
-    if not (loss == loss) or loss > float(task_loss(diff.double())):  # NaN or worse than no calibration
+    if not math.isfinite(loss) or loss > float(task_loss(diff.double())):  # never worse than no calibration
         return identity
     return fitted
 

@@ -17,6 +17,32 @@ def pick_device(name: str) -> torch.device:
     return resolve_device(name)
 
 
+def pretraining_data(run, data_dir: str | Path | None = None):
+    """The pretraining dataset of `run` (default: the one it was trained on), checked to be built with the
+    run's tokenizer: a data.dataset.DatasetDir."""
+    from sparsecircuits.data.dataset import load_dataset
+
+    data_dir = data_dir or (run.config.get("data") or {}).get("dir")
+    if not data_dir:
+        raise UserError(
+            f"{run.path}/config.json names no data directory: mean ablation needs pretraining data "
+            "(pass --data DIR, built with this model's tokenizer)"
+        )
+    dataset = load_dataset(data_dir)
+    dataset.check_built_with(run.path / "tokenizer.json", run.tokenizer, f"run {run.path}")
+    return dataset
+
+
+def task_prompts(run, task_name: str, n_pairs: int, split: str = "val", seed: int = 0):
+    """A task's pairs tokenised for `run`: a scoring.PromptSet (tokens [2 n_pairs, T], last, correct, wrong,
+    sign; rows 2i and 2i + 1 are pair i) on the model's device."""
+    from sparsecircuits.circuits.scoring import from_task_batch
+    from sparsecircuits.tasks.evaluate import encode_task
+
+    batch = encode_task(task_name, run.tokenizer, n_pairs, split=split, seed=seed, n_ctx=run.model.cfg.n_ctx)
+    return from_task_batch(batch).to(next(run.model.parameters()).device)
+
+
 class PruneSession:
     """A loaded run with its mean activations: everything needed to prune or validate its tasks."""
 
@@ -29,25 +55,18 @@ class PruneSession:
         data_dir: Path | None = None,
     ):
         from sparsecircuits.circuits.means import cached_means, model_content_hash
-        from sparsecircuits.data.dataset import load_dataset
         from sparsecircuits.run import load_run
 
         self.run = load_run(model_dir, device)
         self.model = self.run.model
         self.progress = progress
-        data_dir = data_dir or (self.run.config.get("data") or {}).get("dir")
-        if not data_dir:
-            raise UserError(
-                f"{model_dir}/config.json names no data directory: mean ablation needs pretraining data "
-                "(pass --data DIR, built with this model's tokenizer)"
-            )
-        self.dataset = load_dataset(data_dir)
-        self.dataset.check_built_with(
-            self.run.path / "tokenizer.json", self.run.tokenizer, f"run {model_dir}"
-        )
+        self.dataset = pretraining_data(self.run, data_dir)
         self.pretraining = str(self.dataset.val_bin)  # donors of the resample ablation
         if progress:
-            click.echo(f"mean activations over {mean_windows} validation windows of {data_dir} ...", err=True)
+            click.echo(
+                f"mean activations over {mean_windows} validation windows of {self.dataset.path} ...",
+                err=True,
+            )
         self.means = {
             k: v.to(device)
             for k, v in cached_means(self.model, self.run.path, self.dataset.val_bin, mean_windows).items()
@@ -59,16 +78,8 @@ class PruneSession:
         }
 
     def prompts(self, task_name: str, n_pairs: int, split: str, seed: int):
-        """Tokenised prompts of a task split as a PromptSet on the model's device."""
-        from sparsecircuits.circuits.scoring import from_task_batch
-        from sparsecircuits.tasks import get_task
-        from sparsecircuits.tasks.evaluate import encode_task
-
-        task = get_task(task_name)
-        batch = encode_task(
-            task, self.run.tokenizer, n_pairs, split=split, seed=seed, n_ctx=self.model.cfg.n_ctx
-        )
-        return from_task_batch(batch).to(next(self.model.parameters()).device)
+        """Tokenised prompts of a task split as a PromptSet on the model's device (task_prompts)."""
+        return task_prompts(self.run, task_name, n_pairs, split, seed)
 
     def natural_prompts(self, task_name: str, records: list[dict]):
         """Prompts mined from real code (tasks.mine records of one task) as a PromptSet on the model's device.
@@ -110,7 +121,6 @@ def prune_one(
     """
     from sparsecircuits.circuits.circuit import make_circuit
     from sparsecircuits.circuits.search import search
-    from sparsecircuits.circuits.validate import score_natural, validate
 
     train = session.prompts(task, train_pairs, "train", cfg.seed)
     evaluation = session.prompts(task, eval_pairs, "val", cfg.seed)
@@ -125,36 +135,6 @@ def prune_one(
         log=lambda s: click.echo(s, err=True),
         pretraining=session.pretraining,
     )
-    evaluate = result.evaluate
-    validation = None
-    if do_validate:
-        test = session.prompts(task, eval_pairs, "test", cfg.seed)
-        validation = validate(
-            session.model,
-            session.means,
-            result.gates,
-            test,
-            evaluation,
-            cfg.target_loss,
-            result.score.calibration,
-            cfg.calibrate,
-            cfg.loss_convention,
-            cfg.ablation,
-            session.pretraining,
-            seed=cfg.seed,
-        )
-        if natural:
-            validation["natural"] = score_natural(
-                session.model,
-                session.means,
-                result.gates,
-                session.natural_prompts(task, natural),
-                result.score.calibration,
-                cfg.loss_convention,
-                cfg.ablation,
-                session.pretraining,
-                cfg.seed,
-            )
     task_info = {
         "name": task,
         "split": "train",
@@ -162,13 +142,17 @@ def prune_one(
         "eval_split": "val",
         "eval_pairs": eval_pairs,
     }
-    circuit = make_circuit(session.model, session.model_info, task_info, result, evaluate, validation, rows)
+    circuit = make_circuit(session.model, session.model_info, task_info, result, rows)
+    if (
+        do_validate
+    ):  # on the test split, with the calibration fitted on `evaluation` and stored in the circuit
+        circuit["validation"] = validate_circuit(session, circuit, eval_pairs, natural=natural)
     if sweep_targets:
-        circuit["sweep"] = target_sweep(session.model, result, evaluate, sweep_targets)
+        circuit["sweep"] = target_sweep(session.model, result, sweep_targets)
     return circuit
 
 
-def target_sweep(model, result, evaluate, targets: tuple[float, ...]) -> list[dict]:
+def target_sweep(model, result, targets: tuple[float, ...]) -> list[dict]:
     """Smallest top-k circuit of the trained mask for each target loss: [{target, nodes, edges, loss}]."""
     from sparsecircuits.circuits.edges import count_edges
     from sparsecircuits.circuits.prune import bisect_nodes
@@ -179,7 +163,7 @@ def target_sweep(model, result, evaluate, targets: tuple[float, ...]) -> list[di
         if target < result.full_score.loss:
             rows.append({"target": target, "reached": False, "full_model_loss": result.full_score.loss})
             continue
-        k, best, _ = bisect_nodes(evaluate, result.mask, target)
+        k, best, _ = bisect_nodes(result.evaluate, result.mask, target)
         nodes = {loc: g.bool() for loc, g in result.mask.split(result.mask.top_k_gates(k)).items()}
         rows.append(
             {

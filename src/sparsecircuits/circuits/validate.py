@@ -93,11 +93,11 @@ def validate(
     at the same positions (`pretraining`, a token file) instead of their mean (App. E). full_model: nothing
     ablated. The validation prompts `val` only serve to fit the calibrations, which are then frozen.
     """
-    widths = {loc: model.location_width(loc) for loc in model.node_locations()}
 
     def scorer(kind: str) -> FrozenScorer:
         donors = make_donor_source(model, kind, pretraining, seed)
-        return FrozenScorer(model, NodeMask(widths, means, kind), val, test, calibrated, convention, donors)
+        mask = NodeMask.for_model(model, means, kind)
+        return FrozenScorer(model, mask, val, test, calibrated, convention, donors)
 
     main = scorer(ablation)
     gen = torch.Generator().manual_seed(seed)
@@ -136,8 +136,7 @@ def score_natural(
 
     pretraining, seed: the donors of a resample ablation, as in `validate`.
     """
-    widths = {loc: model.location_width(loc) for loc in model.node_locations()}
-    mask = NodeMask(widths, means, ablation)
+    mask = NodeMask.for_model(model, means, ablation)
     donors = make_donor_source(model, ablation, pretraining, seed)
     evaluate = Evaluator(model, mask, natural, False, convention, donors, split="natural")
     return {

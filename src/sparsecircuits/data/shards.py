@@ -52,10 +52,11 @@ class TokenSampler:
         """Sample windows. Returns LongTensor [batch_size, n_ctx + 1]; inputs are [:, :-1], targets [:, 1:]."""
         n_starts = len(self.tokens) - self.n_ctx
         starts = torch.randint(0, n_starts, (batch_size,), generator=gen).numpy()
-        return _gather(self.tokens, starts, self.n_ctx + 1)
+        return gather_windows(self.tokens, starts, self.n_ctx + 1)
 
 
-def _gather(tokens: np.ndarray, starts: np.ndarray, width: int) -> torch.Tensor:
+def gather_windows(tokens: np.ndarray, starts: np.ndarray, width: int) -> torch.Tensor:
+    """The windows tokens[s : s + width] for each start s. Returns LongTensor [len(starts), width]."""
     idx = starts[:, None] + np.arange(width)[None, :]
     return torch.from_numpy(tokens[idx].astype(np.int64))
 
@@ -76,4 +77,4 @@ def iter_eval_batches(
     tokens = open_tokens(bin_path)
     starts = eval_starts(len(tokens), n_ctx, batch_size * max_batches)
     for i in range(0, len(starts), batch_size):
-        yield _gather(tokens, starts[i : i + batch_size], n_ctx + 1)
+        yield gather_windows(tokens, starts[i : i + batch_size], n_ctx + 1)
