@@ -32,9 +32,12 @@ def node_effects(result: PruneResult) -> dict[str, dict[str, float]]:
     for name, i in zip(names, kept.tolist()):  # names and kept indices share the forward order
         entry = {"tau": round(float(tau[i]), 4)}
         if len(kept) <= MAX_EFFECT_NODES:
-            g = result.gates.clone()
-            g[i] = 0.0
-            entry["ablation_effect"] = round(evaluate(g).loss, 5)
+            effect = result.removal_effects.get(i)  # measured by the clean-up's final pass, if it ran
+            if effect is None:
+                g = result.gates.clone()
+                g[i] = 0.0
+                effect = evaluate(g).loss
+            entry["ablation_effect"] = round(effect, 5)
         info[name] = entry
     return info
 

@@ -25,6 +25,7 @@ class CleanupResult:
     nodes_before: int
     passes: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    effects: dict[int, float] = field(default_factory=dict)  # unit -> loss without it, from the final pass
 
     @property
     def nodes_after(self) -> int:
@@ -59,20 +60,21 @@ def clean_up(
     while True:
         kept_units = torch.unique(units[gates.cpu() > 0]).tolist()
         bar = tqdm(kept_units, desc=f"clean-up pass {len(passes) + 1}", disable=not progress, leave=False)
-        effects = sorted((evaluate(drop(gates, u)).loss, u) for u in bar)
+        scored = sorted(((evaluate(drop(gates, u)), u) for u in bar), key=lambda su: (su[0].loss, su[1]))
+        effects = {u: s.loss for s, u in scored}
         removed = 0
-        for effect, u in effects:
-            if effect > target:
+        for first, u in scored:
+            if first.loss > target:
                 break  # sorted: every later node, measured against this pass's start, fails as well
             candidate = drop(gates, u)
             if not candidate.any():
                 break  # a circuit keeps at least one node (a target at or above chance is met by none)
-            s = evaluate(candidate)  # against the removals already made this pass
+            s = evaluate(candidate) if removed else first  # against the removals already made this pass
             if s.loss <= target:
                 gates, best, removed = candidate, s, removed + 1
         passes.append(
-            {"pass": len(passes) + 1, "tried": len(effects), "removed": removed, "nodes": int(gates.sum())}
+            {"pass": len(passes) + 1, "tried": len(scored), "removed": removed, "nodes": int(gates.sum())}
         )
         if removed == 0:
             break
-    return CleanupResult(gates, best, before, passes, time.perf_counter() - t0)
+    return CleanupResult(gates, best, before, passes, time.perf_counter() - t0, effects)

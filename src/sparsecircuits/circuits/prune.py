@@ -73,6 +73,8 @@ class PruneResult:
     evaluate: Evaluator | None = None  # the bisection's scorer on the validation prompts
     stages: dict = field(default_factory=dict)  # nodes after the bisection and after the clean-up
     bisection_gates: torch.Tensor | None = None  # [n_nodes] the circuit before the clean-up
+    # node index -> loss with that node alone removed, measured by the clean-up's final pass (untied masks)
+    removal_effects: dict[int, float] = field(default_factory=dict)
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float) -> float:
@@ -228,9 +230,11 @@ def prune(
     if not math.isfinite(best.loss):
         raise UserError("pruning diverged: non-finite task loss")
     stages = {"bisection": {"nodes": int(gates.sum()), "seconds": round(time.perf_counter() - t0, 2)}}
+    removal_effects: dict[int, float] = {}
     if cfg.cleanup and int(gates.sum()) <= cfg.cleanup_max_nodes:
         cleaned = clean_up(evaluate, gates, cfg.target_loss, mask.unit_index(), progress)
         gates, best = cleaned.gates, cleaned.score
+        removal_effects = cleaned.effects if mask.units is None else {}  # a tied unit is not one node
         stages["cleanup"] = {
             "nodes": cleaned.nodes_after,
             "passes": cleaned.passes,
@@ -252,4 +256,5 @@ def prune(
         evaluate,
         stages,
         bisected,
+        removal_effects,
     )
