@@ -91,17 +91,33 @@ def read_documents(
             raise UserError(f"no Python files found in source: {src}")
 
 
+def read_limited(path: Path, rel: str, stats: CorpusStats, max_bytes: int) -> bytes | None:
+    """The file's bytes, or None (counted in `stats` as oversized or unreadable)."""
+    try:
+        if path.stat().st_size > max_bytes:
+            stats.skip("oversized", rel)
+            return None
+        return path.read_bytes()
+    except OSError:
+        stats.skip("unreadable", rel)
+        return None
+
+
+def first_copy(data: bytes, rel: str, stats: CorpusStats, seen: set[bytes]) -> bool:
+    """True the first time these exact bytes are seen (remembered in `seen`); a repeat counts as duplicate."""
+    digest = hashlib.sha256(data).digest()
+    if digest in seen:
+        stats.skip("duplicate", rel)
+        return False
+    seen.add(digest)
+    return True
+
+
 def _read_one(
     path: Path, rel: str, src: Path, stats: CorpusStats, seen: set[bytes], max_bytes: int
 ) -> Document | None:
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            stats.skip("oversized", rel)
-            return None
-        data = path.read_bytes()
-    except OSError:
-        stats.skip("unreadable", rel)
+    data = read_limited(path, rel, stats, max_bytes)
+    if data is None:
         return None
     if not data.strip():
         stats.skip("empty", rel)
@@ -114,9 +130,6 @@ def _read_one(
     except UnicodeDecodeError:
         stats.skip("non_utf8", rel)
         return None
-    digest = hashlib.sha256(data).digest()
-    if digest in seen:
-        stats.skip("duplicate", rel)
+    if not first_copy(data, rel, stats, seen):
         return None
-    seen.add(digest)
     return Document(source=str(src), relpath=rel, text=text, split="train")

@@ -42,7 +42,14 @@ import torch
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 from tqdm import tqdm
 
-from sparsecircuits.data.corpus import MAX_FILE_BYTES, CorpusStats, check_sources, find_python_files
+from sparsecircuits.data.corpus import (
+    MAX_FILE_BYTES,
+    CorpusStats,
+    check_sources,
+    find_python_files,
+    first_copy,
+    read_limited,
+)
 from sparsecircuits.data.tokenizer import EOT, SPLIT_PATTERN
 from sparsecircuits.errors import UserError
 from sparsecircuits.io import atomic_write_text
@@ -379,19 +386,9 @@ def _files(sources: list[Path], max_files: int | None) -> list[tuple[Path, str]]
 def _load(path: Path, rel: str, stats: CorpusStats, seen: set[bytes]) -> Source | None:
     """The parsed file, or None (reason recorded in `stats`) if unreadable, undecodable or unparseable."""
     stats.files_seen += 1
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            stats.skip("oversized", rel)
-            return None
-        data = path.read_bytes()
-    except OSError:
-        stats.skip("unreadable", rel)
+    data = read_limited(path, rel, stats, MAX_FILE_BYTES)
+    if data is None or not first_copy(data, rel, stats, seen):
         return None
-    digest = hashlib.sha256(data).digest()
-    if digest in seen:
-        stats.skip("duplicate", rel)
-        return None
-    seen.add(digest)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
