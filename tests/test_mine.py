@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
 from cli_helpers import run_cli
 from sparsecircuits.data import tokenizer as data_tokenizer
@@ -29,6 +28,7 @@ from sparsecircuits.tasks.mine import (
     write_mined,
 )
 from sparsecircuits.tasks.tokens import REQUIRED_TOKENS
+from test_tasks import TinyLM
 
 FILES = {
     "pkg/a.py": (
@@ -271,20 +271,6 @@ def test_mine_command_writes_and_refuses_to_overwrite(tree, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert run_cli([*args, "--force"]) == 0
     assert len(out.read_text().splitlines()) == len({(r[0], r[1].split(":")[0], r[3]) for r in EXPECTED})
-
-
-class TinyLM(nn.Module):
-    """Embedding, causal cumulative mean, linear readout: logits [B, T, V] (or [B, V] at `at`)."""
-
-    def __init__(self, vocab: int, d: int = 16):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, d)
-        self.out = nn.Linear(d, vocab)
-
-    def forward(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.emb(tokens).cumsum(1) / torch.arange(1, tokens.shape[1] + 1).view(1, -1, 1)
-        logits = self.out(h)
-        return logits if at is None else logits[torch.arange(len(at)), at]
 
 
 def test_eval_command_on_mined_prompts(tok, tree, tmp_path, monkeypatch):
