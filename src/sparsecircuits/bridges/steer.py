@@ -462,10 +462,10 @@ def _candidates(node: str | None, circuit: dict | None, circuit_path: Any, spars
     """One node for `--node LAYER.LOC.INDEX`; every channel for `--node LAYER.LOC`; a circuit's residual reads."""
     cfg = sparse.cfg
     if circuit is not None:
+        from sparsecircuits.circuits.circuit_file import check_pruned_from
         from sparsecircuits.circuits.means import model_content_hash
 
-        if circuit["model"].get("content_hash") != model_content_hash(sparse):
-            raise UserError(f"{circuit_path} was pruned from another model (content hash differs)")
+        check_pruned_from(circuit, model_content_hash(sparse), str(circuit_path))
         nodes = residual_read_nodes(list(circuit["nodes"]), cfg)
         if not nodes:
             raise UserError(f"{circuit_path} has no residual-read node ({READS_TEXT}) to steer")

@@ -38,6 +38,13 @@ def read_circuit(path: str | Path) -> dict[str, Any]:
     return circuit
 
 
+def check_pruned_from(circuit: dict[str, Any], content_hash: str, where: str) -> None:
+    """UserError unless the circuit records the content hash `content_hash` (circuits.means.model_content_hash)
+    of the model it is about to be used with."""
+    if circuit["model"].get("content_hash") != content_hash:
+        raise UserError(f"{where} was pruned from another model (content hash differs)")
+
+
 def check_circuit(circuit: Any, where: str = "circuit") -> None:
     """UserError (one line) unless `circuit` is of the schema, has every required key, a positive numeric
     target_loss and a non-empty list of distinct node names that exist in the model: checked against the

@@ -292,7 +292,7 @@ def validate_cmd(
     circuit_path, model_dir, data_dir, n_pairs, n_random, mean_windows, device, prompts_file, no_write
 ) -> None:
     """Check a circuit: sufficiency, necessity, a random baseline and a resample test (stored in the file)."""
-    from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
+    from sparsecircuits.circuits.circuit_file import check_pruned_from, read_circuit, write_circuit
     from sparsecircuits.circuits.session import validate_circuit
 
     circuit = read_circuit(circuit_path)
@@ -302,8 +302,7 @@ def validate_cmd(
         check_writable(circuit_path, "circuit file")  # the results are stored in it: check before the work
     run_dir = model_dir or Path(circuit["model"]["path"])
     session = PruneSession(run_dir, pick_device(device), mean_windows, data_dir=data_dir)
-    if session.model_info["content_hash"] != circuit["model"].get("content_hash"):
-        raise UserError(f"{circuit_path} was pruned from another model (content hash differs)")
+    check_pruned_from(circuit, session.model_info["content_hash"], str(circuit_path))
     natural = load_natural(prompts_file, circuit["task"]["name"])
     result = validate_circuit(session, circuit, n_pairs, n_random, natural)
     circuit["validation"] = result

@@ -23,6 +23,7 @@ MAX_PAIRS = 65_536
 
 def _open_run(circuit: dict[str, Any], circuit_path: Path, model_dir: Path | None, device: str):
     """The circuit's run (recorded path unless --model), checked to be the model it was pruned from."""
+    from sparsecircuits.circuits.circuit_file import check_pruned_from
     from sparsecircuits.circuits.means import model_content_hash
     from sparsecircuits.circuits.session import pick_device
     from sparsecircuits.run import load_run
@@ -31,9 +32,8 @@ def _open_run(circuit: dict[str, Any], circuit_path: Path, model_dir: Path | Non
     if not str(run_dir) or not run_dir.is_dir():
         raise UserError(f"model directory not found: {run_dir or '(none recorded)'} (pass --model DIR)")
     run = load_run(run_dir, pick_device(device))
-    recorded = circuit["model"].get("content_hash")
-    if recorded and model_content_hash(run.model) != recorded:
-        raise UserError(f"{circuit_path} was pruned from another model than {run_dir} (content hash differs)")
+    if circuit["model"].get("content_hash"):  # a circuit recording no hash is described as it is
+        check_pruned_from(circuit, model_content_hash(run.model), f"{circuit_path} (model {run_dir})")
     return run
 
 
