@@ -109,7 +109,7 @@ def build_graph(circuit: dict[str, Any]) -> dict[str, Any]:
             for (layer, row), y in row_y.items()
         ],
         "layers": layer_bands,
-        "heads": _head_groups(node_json),
+        "heads": head_brackets(node_json),
         "nodes": node_json,
         "edges": _edges(circuit, index),
         "residual_links": _pairs(circuit.get("residual_links"), "src", "dst", index),
@@ -242,7 +242,7 @@ def _node_json(node: _Node, x: float, y: float, cfg: ModelConfig, circuit: dict[
     return out
 
 
-def _head_groups(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def head_brackets(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One bracket per (layer, head) of q/k/v nodes: {layer, head, x0, x1, y}."""
     groups: dict[tuple[int, int], dict[str, Any]] = {}
     for n in nodes:

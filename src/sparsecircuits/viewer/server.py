@@ -1,11 +1,15 @@
-"""The viewer's read-only HTTP server: static front end plus a small JSON API (stdlib only).
+"""The viewer's HTTP server: static front end plus a small JSON API (stdlib only).
 
-Routes (GET and HEAD only; every other method is refused):
+Routes (GET and HEAD; POST only for the two group writes; every other method is refused):
 
     /                                   the single-page app (static/index.html)
     /static/NAME                        one of the packaged static files (no subfolders)
     /api/index                          runs and circuits under the given paths
     /api/circuit?id=C                   graph with layout, task-panel data, the circuit's run id
+    /api/graph?id=C[&view=groups][&expand=G...][&trim=0.9]
+                                        the graph trimmed and/or at group level, the circuit's groups
+    POST /api/groups/save {circuit, name, nodes}   add or replace a user group (sidecar X.groups.json)
+    POST /api/groups/delete {circuit, name}        remove a user group
     /api/node?circuit=C&node=N          node detail (corpus snippets, task values, attention), cached
     /api/node?run=R&node=N              the same without the task part
     /api/model?run=R[&circuit=C]        config, training curves, weight density, embedding channels
@@ -19,6 +23,10 @@ header is `localhost`, `[::1]` or the bound address itself (each with or without
 (`127.evil.com`, `127.0.0.1.nip.io`) is 403, which stops DNS-rebinding pages from reading the API.
 Binding beyond loopback needs `allow_remote=True` (`view --allow-remote`); the Host header is then not
 checked. Idle connections are closed after `timeout` seconds; dropped connections are logged as one line.
+
+The group writes are the only writes: refused (403) by a read-only server and by one serving beyond
+loopback; they need `Content-Type: application/json` (a cross-site form cannot send that without a CORS
+preflight, which this server never grants) and, when the browser sends an Origin, the server's own origin.
 """
 
 from __future__ import annotations
@@ -44,6 +52,16 @@ from sparsecircuits.viewer.catalog import Catalog, Forbidden, NotFound
 from sparsecircuits.viewer.detail import NodeDetails, RunPool, decoded_vocab
 from sparsecircuits.viewer.export import circuit_title, export_html, export_svg
 from sparsecircuits.viewer.graph import build_graph, circuit_meta
+from sparsecircuits.viewer.groups import (
+    all_groups,
+    circuit_nodes,
+    delete_user_group,
+    group_graph,
+    groups_path,
+    load_user_groups,
+    save_user_group,
+    trim,
+)
 from sparsecircuits.viewer.model_panel import default_channels, embedding_top_tokens, model_panel
 
 CONTENT_TYPES = {
@@ -59,10 +77,15 @@ CSP = (
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 MAX_CHANNELS = 64
+MAX_BODY = 256 * 1024  # bytes of a POST body (a group of a few thousand node names)
 
 
 class BadRequest(Exception):
     """A malformed request (HTTP 400)."""
+
+
+class NotImplementedRoute(Exception):
+    """A method the route does not take (HTTP 501)."""
 
 
 def static_files() -> dict[str, bytes]:
@@ -74,8 +97,9 @@ def static_files() -> dict[str, bytes]:
 class ViewerApp:
     """State shared by all request threads: the catalog, loaded runs and cached results."""
 
-    def __init__(self, paths: list[str | Path], n_windows: int = 64):
+    def __init__(self, paths: list[str | Path], n_windows: int = 64, read_only: bool = False):
         self.catalog = Catalog(paths)
+        self.read_only = read_only
         self.runs = RunPool(n_windows)
         self.static = static_files()
         self._vocab: dict[Path, list[str]] = {}
@@ -99,6 +123,57 @@ class ViewerApp:
             "meta": circuit_meta(circuit),
             "task_info": task_info(circuit),
         }
+
+    def graph_view(self, query: dict[str, str], expand: list[str], writable: bool) -> dict[str, Any]:
+        """The circuit's graph, trimmed for display (`trim` share) and/or at group level (`view=groups`,
+        the groups in `expand` drawn as their members), with the circuit's groups. A broken sidecar is
+        reported in `groups_error` (the head groups still work); the circuit file is never changed."""
+        circuit_id = _required(query, "id")
+        circuit = self.circuit(circuit_id)
+        view = query.get("view") or "nodes"
+        if view not in ("nodes", "groups"):
+            raise BadRequest("view must be 'nodes' or 'groups'")
+        shown, trim_info = circuit, None
+        if query.get("trim"):
+            try:
+                share = float(query["trim"])
+            except ValueError:
+                raise BadRequest("trim must be a number in (0, 1]") from None
+            shown, trim_info = trim(circuit, share)
+        try:
+            user, error = load_user_groups(self._groups_file(circuit_id), circuit_nodes(circuit)), None
+        except UserError as e:
+            user, error = [], str(e)
+        groups = all_groups(circuit, user)
+        graph = build_graph(shown)
+        if view == "groups":
+            graph = group_graph(graph, groups, set(expand))
+        return {
+            "id": circuit_id,
+            "view": view,
+            "graph": graph,
+            "groups": [g.to_json() for g in groups],
+            "groups_error": error,
+            "groups_file": self._groups_file(circuit_id).name,
+            "trim": trim_info,
+            "writable": writable,
+        }
+
+    def _groups_file(self, circuit_id: str) -> Path:
+        return groups_path(self.catalog.circuit(circuit_id).path)
+
+    def save_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        circuit_id = _body_str(body, "circuit")
+        circuit = self.circuit(circuit_id)
+        path = self.catalog.circuit(circuit_id).path
+        groups = save_user_group(path, circuit_nodes(circuit), body.get("name"), body.get("nodes"))
+        return {"groups": groups}
+
+    def delete_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        circuit_id = _body_str(body, "circuit")
+        circuit = self.circuit(circuit_id)
+        path = self.catalog.circuit(circuit_id).path
+        return {"groups": delete_user_group(path, circuit_nodes(circuit), body.get("name"))}
 
     def node(self, query: dict[str, str]) -> dict[str, Any]:
         node = _required(query, "node")
@@ -178,6 +253,13 @@ def task_info(circuit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _body_str(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"missing string {key!r} in the request body")
+    return value
+
+
 def _required(query: dict[str, str], key: str) -> str:
     value = query.get(key)
     if not value:
@@ -249,6 +331,11 @@ class ViewerServer(ThreadingHTTPServer):
         bound = str(ipaddress.ip_address(self.server_address[0]))
         return {*LOOPBACK_NAMES, f"[{bound}]" if ":" in bound else bound}
 
+    def writable(self) -> bool:
+        """Whether group writes are taken: not read-only, and bound to loopback (beyond it anyone on the
+        network could write files)."""
+        return not self.app.read_only and self.is_loopback()
+
     def host_allowed(self, header: str | None) -> bool:
         """Whether a request with this Host header may be answered (any, when serving beyond loopback)."""
         if not self.is_loopback():
@@ -275,6 +362,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(head=False)
 
+    def do_POST(self) -> None:
+        self._serve(head=False, post=True)
+
     def setup(self) -> None:
         self.timeout = self.server.idle_timeout  # applied to the socket by StreamRequestHandler.setup
         super().setup()
@@ -289,16 +379,18 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- dispatch ---------------------------------------------------------------------------------
 
-    def _serve(self, head: bool) -> None:
+    def _serve(self, head: bool, post: bool = False) -> None:
         try:
             self._check_host()
-            status, ctype, body, extra = self._route()
+            status, ctype, body, extra = self._route_post() if post else self._route()
         except Forbidden as e:
             status, ctype, body, extra = _error(HTTPStatus.FORBIDDEN, str(e))
         except NotFound as e:
             status, ctype, body, extra = _error(HTTPStatus.NOT_FOUND, str(e))
         except (BadRequest, UserError) as e:
             status, ctype, body, extra = _error(HTTPStatus.BAD_REQUEST, str(e))
+        except NotImplementedRoute as e:
+            status, ctype, body, extra = _error(HTTPStatus.NOT_IMPLEMENTED, str(e))
         except Exception:  # a bug: keep serving, report it
             traceback.print_exc(file=sys.stderr)
             status, ctype, body, extra = _error(
@@ -316,7 +408,8 @@ class Handler(BaseHTTPRequestHandler):
         path = unquote(parts.path)
         if "\x00" in path or ".." in path.split("/") or "\\" in path:
             raise Forbidden("path outside the viewer's roots")
-        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        lists = parse_qs(parts.query, keep_blank_values=True)
+        query = {k: v[-1] for k, v in lists.items()}
         app = self.server.app
         if path in ("/", "/index.html"):
             return self._static("index.html")
@@ -328,12 +421,41 @@ class Handler(BaseHTTPRequestHandler):
             "/api/node": app.node,
             "/api/model": app.model,
             "/api/embedding": app.embedding,
+            "/api/graph": lambda q: app.graph_view(q, lists.get("expand", []), self.server.writable()),
         }
         if path in api:
             return HTTPStatus.OK, "application/json", _json(api[path](query)), {}
         if path in ("/export/circuit.html", "/export/circuit.svg"):
             return self._export(path.rsplit(".", 1)[1], _required(query, "id"))
         raise NotFound(f"no such page: {path}")
+
+    def _route_post(self) -> tuple[int, str, bytes, dict[str, str]]:
+        """The two group writes; any other POST is 501, as before there were writes."""
+        app = self.server.app
+        routes = {"/api/groups/save": app.save_group, "/api/groups/delete": app.delete_group}
+        path = urlsplit(self.path).path
+        if path not in routes:
+            raise NotImplementedRoute(f"POST is not supported for {path}")
+        if not self.server.writable():
+            raise Forbidden("this viewer is read-only: groups cannot be saved here")
+        origin = self.headers.get("Origin")
+        if origin is not None and origin != f"http://{self.headers.get('Host')}":
+            raise Forbidden("cross-origin write refused")
+        if self.headers.get_content_type() != "application/json":
+            raise BadRequest("send the request body as application/json")
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            raise BadRequest("a POST needs a Content-Length") from None
+        if not 0 < length <= MAX_BODY:
+            raise BadRequest(f"the request body must be 1 to {MAX_BODY} bytes")
+        try:
+            body = json.loads(self.rfile.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return HTTPStatus.OK, "application/json", _json(routes[path](body)), {}
 
     def _static(self, name: str) -> tuple[int, str, bytes, dict[str, str]]:
         files = self.server.app.static
@@ -397,8 +519,11 @@ def make_server(
     verbose: bool = False,
     allow_remote: bool = False,
     timeout: float = IDLE_TIMEOUT_S,
+    read_only: bool = False,
 ) -> ViewerServer:
     """A ready server (call serve_forever, or use it in a thread); port 0 picks a free port.
 
-    A non-loopback `host` is a UserError unless `allow_remote`; `timeout` closes idle connections."""
-    return ViewerServer((host, port), ViewerApp(paths, n_windows), verbose, allow_remote, timeout)
+    A non-loopback `host` is a UserError unless `allow_remote`; `timeout` closes idle connections;
+    `read_only` refuses the group writes."""
+    app = ViewerApp(paths, n_windows, read_only)
+    return ViewerServer((host, port), app, verbose, allow_remote, timeout)
