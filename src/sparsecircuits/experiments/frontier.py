@@ -12,9 +12,15 @@ A config file (JSON) names the dataset, the models and how to prune:
       "models": [
         {"name": "dense-64", "preset": "demo", "dense": true, "set": ["model.d_model=64"]},
         {"name": "sparse-128-l0.25", "preset": "demo", "set": ["train.l0_target=0.25"]},
-        {"name": "existing", "run": "runs/demo/sparse"}          // reuse a trained run as is
+        {"name": "existing", "run": "runs/demo/sparse"},         // reuse a trained run as is
+        {"name": "dense-matched", "preset": "demo", "dense": true,
+         "match_loss_of": "sparse-128-l0.25"}                    // stop at that model's final val loss
       ]
     }
+
+A model to train may stop early at a validation loss: "stop_at_loss": X (train.stop_at_loss), or
+"match_loss_of": NAME, the final validation loss of an earlier model in the list (its metrics.jsonl), which
+makes a loss-matched partner; the matched pair in the outputs is then that pair.
 
 Every cell (a model trained, a task pruned) is written to OUT as it completes; a rerun skips finished cells.
 The whole config is checked before any work: unknown keys (also inside "prune" and each model), targets that
@@ -39,7 +45,7 @@ import click
 from sparsecircuits.errors import UserError, reject_unknown_keys
 from sparsecircuits.io import atomic_write_json, atomic_write_text, read_json
 
-MODEL_KEYS = {"name", "preset", "dense", "set", "run"}
+MODEL_KEYS = {"name", "preset", "dense", "set", "run", "stop_at_loss", "match_loss_of"}
 PRUNE_KEYS = {"steps", "budget", "train_pairs", "eval_pairs"}
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a plain folder name: never a path
 
@@ -73,6 +79,40 @@ def check_model_entry(m: Any, where: str) -> None:
             raise UserError(f"{where}: model {m['name']}: {key!r} must be {what}, got {m[key]!r}")
     if "set" in m and not _strings(m["set"]):
         raise UserError(f"{where}: model {m['name']}: 'set' must be a list of KEY=VALUE strings")
+    check_stop_keys(m, where)
+
+
+def check_stop_keys(m: dict[str, Any], where: str) -> None:
+    """UserError unless "stop_at_loss" (a positive number) and "match_loss_of" (a model name) are used
+    one at a time, and only on a model this config trains."""
+    stops = [k for k in ("stop_at_loss", "match_loss_of") if k in m]
+    if not stops:
+        return
+    name = m["name"]
+    if len(stops) > 1:
+        raise UserError(f"{where}: model {name}: 'stop_at_loss' and 'match_loss_of' contradict; pick one")
+    if "run" in m:
+        raise UserError(f"{where}: model {name}: {stops[0]!r} applies to a model trained here, not a 'run'")
+    if "stop_at_loss" in m and not _positive_number(m["stop_at_loss"]):
+        raise UserError(
+            f"{where}: model {name}: 'stop_at_loss' must be a positive number, got {m['stop_at_loss']!r}"
+        )
+    if "match_loss_of" in m and not isinstance(m["match_loss_of"], str):
+        raise UserError(
+            f"{where}: model {name}: 'match_loss_of' must be a model name, got {m['match_loss_of']!r}"
+        )
+
+
+def check_matches(models: list[dict[str, Any]], where: str) -> None:
+    """UserError unless every "match_loss_of" names a model listed before it (trained, or reused, first)."""
+    seen: set[str] = set()
+    for m in models:
+        other = m.get("match_loss_of")
+        if other is not None and other not in seen:
+            raise UserError(
+                f"{where}: model {m['name']}: 'match_loss_of' must name a model listed before it, got {other!r}"
+            )
+        seen.add(m["name"])
 
 
 def check_values(raw: dict[str, Any], where: str) -> None:
@@ -133,6 +173,7 @@ class FrontierConfig:
         names = [m["name"].casefold() for m in models]  # one folder each, also on case-insensitive disks
         if len(set(names)) != len(names):
             raise UserError(f"{path}: model names must be unique")
+        check_matches(models, str(path))
         check_values(raw, str(path))
         cfg = cls(**{**raw, "data": Path(raw["data"]), "out": Path(raw["out"])})
         from sparsecircuits.tasks import get_task, task_names
@@ -165,14 +206,27 @@ def ensure_model(cfg: FrontierConfig, m: dict) -> Path:
     train(
         cfg.data,
         path,
-        m.get("preset", "demo"),
-        dense=bool(m.get("dense")),
-        sets=m.get("set", []),
+        None if resume else m.get("preset", "demo"),  # a resumed run keeps its own config.json
+        dense=not resume and bool(m.get("dense")),
+        sets=[] if resume else model_sets(cfg, m),
         resume=resume,
         force=not resume,
         device=None if cfg.device == "auto" else cfg.device,
     )
     return path
+
+
+def model_sets(cfg: FrontierConfig, m: dict, matched_loss: float | None = None) -> list[str]:
+    """The model's `set` overrides plus its early stop, if any: "stop_at_loss", or "match_loss_of" (the
+    named model's final val loss; `matched_loss` stands in for it before that model is trained)."""
+    from sparsecircuits.train.trainer import final_val_loss
+
+    loss = m.get("stop_at_loss")
+    if m.get("match_loss_of"):
+        other = next(o for o in cfg.models if o["name"] == m["match_loss_of"])
+        loss = matched_loss if matched_loss is not None else final_val_loss(model_dir(cfg, other))
+    stop = [f"train.stop_at_loss={float(loss)!r}"] if loss is not None else []
+    return [*m.get("set", []), *stop]
 
 
 def model_row(cfg: FrontierConfig, m: dict, path: Path) -> dict:
@@ -192,6 +246,7 @@ def model_row(cfg: FrontierConfig, m: dict, path: Path) -> dict:
         "total_params": run.model.num_params(),
         "nonzero_params": run.model.num_nonzero(),
         "d_model": run.model.cfg.d_model,
+        **({"matched_to": m["match_loss_of"]} if m.get("match_loss_of") else {}),
     }
     atomic_write_json(cell, row)
     return row
@@ -286,7 +341,8 @@ def check_model_configs(cfg: FrontierConfig, vocab: int | None) -> None:
         if m.get("run") or vocab is None:
             continue
         try:
-            build_config(m.get("preset", "demo"), vocab, bool(m.get("dense")), m.get("set", []))
+            sets = model_sets(cfg, m, matched_loss=1.0)  # the matched loss is only known once trained
+            build_config(m.get("preset", "demo"), vocab, bool(m.get("dense")), sets)
         except UserError as e:
             raise UserError(f"model {m['name']}: {e}") from None
 
@@ -296,9 +352,17 @@ def common_tasks(a: dict, b: dict, tasks: list[str]) -> list[str]:
 
 
 def matched_pair(rows: list[dict], tasks: list[str]) -> dict | None:
-    """The sparse and dense models closest in validation loss, and their circuit-size ratio on shared tasks."""
+    """The sparse and dense models closest in validation loss (or the first pair that a "match_loss_of"
+    made), and their circuit-size ratio on shared tasks."""
     from sparsecircuits.circuits.circuit import geometric_mean
 
+    by_name = {r["name"]: r for r in rows}
+    explicit = [
+        (r, by_name[r["matched_to"]])
+        for r in rows
+        if r.get("matched_to") in by_name
+        and {r["kind"], by_name[r["matched_to"]]["kind"]} == {"sparse", "dense"}
+    ]
     pairs = [
         (abs(s["val_loss"] - d["val_loss"]), s, d)
         for s in rows
@@ -309,6 +373,9 @@ def matched_pair(rows: list[dict], tasks: list[str]) -> dict | None:
     if not pairs:
         return None
     _, s, d = min(pairs, key=lambda p: p[0])
+    if explicit:
+        a, b = explicit[0]
+        s, d = (a, b) if a["kind"] == "sparse" else (b, a)
     shared = common_tasks(s, d, tasks)
     if not shared:
         return {"sparse": s["name"], "dense": d["name"], "shared_tasks": [], "ratio": None}

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from sparsecircuits.cli_options import (
+    POSITIVE,
     FiniteFloat,
     data_option,
     device_option,
@@ -31,18 +32,51 @@ MAX_NEW_TOKENS = 100_000
     metavar="KEY=VALUE",
     help="Override a field, e.g. --set model.d_model=256 --set train.lr=0.01 (repeatable).",
 )
+@click.option(
+    "--stop-at-loss",
+    type=POSITIVE,
+    default=None,
+    help="Finish at the first evaluation with val loss <= this (--set train.stop_at_loss=X).",
+)
+@click.option(
+    "--match-loss",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="RUN",
+    help="Stop at the final val loss of the finished run RUN (a loss-matched partner).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @force_option("Replace the run this project wrote in --out (your other files there stay) and start again.")
 @device_option(default=None, help="auto, cpu, cuda or cuda:N [default: train.device].")
 @quiet_option("No progress bar.")
-def train(data_dir, out, preset, dense, sets, resume, force, device, quiet) -> None:
+def train(data_dir, out, preset, dense, sets, stop_at_loss, match_loss, resume, force, device, quiet) -> None:
     """Train a weight-sparse (or --dense) GPT on a dataset built by `data build`.
 
     Writes config.json, tokenizer.json, metrics.jsonl, checkpoints/ and finally model.safetensors to
     --out. Run under `torchrun --nproc_per_node N` for data-parallel training."""
     from sparsecircuits.train.trainer import train as run_training
 
+    sets = (*sets, *stop_override(stop_at_loss, match_loss, resume))
     run_training(data_dir, out, preset, dense, sets, resume, force, device, progress=not quiet)
+
+
+def stop_override(stop_at_loss: float | None, match_loss: Path | None, resume: bool) -> tuple[str, ...]:
+    """--stop-at-loss / --match-loss as the `--set train.stop_at_loss=X` they stand for (none when unset).
+
+    The loss is written with repr, so a matched run stops at exactly the other run's recorded loss."""
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.train.trainer import final_val_loss
+
+    if stop_at_loss is None and match_loss is None:
+        return ()
+    if stop_at_loss is not None and match_loss is not None:
+        raise UserError("--stop-at-loss and --match-loss contradict each other; pick one")
+    if resume:
+        raise UserError(
+            "--resume keeps the run's own train.stop_at_loss; drop --stop-at-loss and --match-loss"
+        )
+    loss = final_val_loss(match_loss) if match_loss is not None else stop_at_loss
+    return (f"train.stop_at_loss={loss!r}",)
 
 
 @click.command()

@@ -58,6 +58,9 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; master weights are always fp32
+    # Finish at the first validation evaluation (after step 0) with val_loss <= this, as if train.steps
+    # were reached; the LR and L0 schedules stay those of the full train.steps. 0 = off.
+    stop_at_loss: float = 0.0
 
     def validate(self) -> TrainConfig:
         """Raise UserError with a one-line message for the first bad value; return self when fine."""
@@ -94,6 +97,7 @@ class TrainConfig:
         _check_range("grad_rms_clip", self.grad_rms_clip, 0.0, math.inf)
         _check_range("lr", self.lr, 0.0, math.inf, low_open=True)
         _check_range("eps", self.eps, 0.0, math.inf, low_open=True)
+        _check_range("stop_at_loss", self.stop_at_loss, 0.0, math.inf)
         if len(self.betas) != 2:
             raise UserError(f"train config: betas must be two numbers, got {self.betas!r}")
         for b in self.betas:

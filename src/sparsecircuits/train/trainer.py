@@ -13,6 +13,7 @@ metrics.jsonl, checkpoints/ and finally model.safetensors. Only rank 0 writes fi
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import shutil
 import time
@@ -281,6 +282,7 @@ class Trainer:
         self.sampler = TokenSampler(setup.data.train_bin, setup.model_cfg.n_ctx)
         self.data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # data order, independent of init
         self.step = 0  # optimizer steps completed
+        self.stopped_early = False  # an evaluation reached train.stop_at_loss: the run is finished
         if setup.resume_from is not None:
             self._load(setup.resume_from)
         else:
@@ -405,7 +407,7 @@ class Trainer:
             )
             sums: dict[str, Tensor] = {}
             since, t_last = 0, time.perf_counter()
-            while self.step < cfg.steps:
+            while self.step < cfg.steps and not self.stopped_early:
                 step = self.step
                 terms, grad_rms = self.train_step(step)
                 for name, value in (terms if isinstance(terms, dict) else {"loss": terms}).items():
@@ -418,23 +420,50 @@ class Trainer:
                 means = self._global_means(sums, since)
                 dt = time.perf_counter() - t_last
                 last = self._record(step, means, grad_rms, since * self.tokens_per_step / dt)
+                self.stopped_early = self._stop_due(last)
+                last.update(self.stop_fields())
                 ckpt.append_metrics(log, last)
                 bar.set_postfix(self.postfix(last), refresh=False)
-                if self._due(self.step, cfg.ckpt_every):
-                    self.save_checkpoint()
+                if self._due(self.step, cfg.ckpt_every) or self.stopped_early:
+                    self.save_checkpoint()  # a stopped run's last checkpoint says so: resuming it is a no-op
                 sums, since, t_last = {}, 0, time.perf_counter()
             bar.close()
         if self.env.is_main:
             if not last:  # resumed from the final checkpoint of a run killed before it saved the model
-                last = {"step": self.step, **self.evaluate()}
+                last = {"step": self.step, **self.evaluate(), **self.stop_fields()}
             self.save_final(last)
             self._say(self.done_message(last, time.perf_counter() - t_start))
+            if self.stopped_early:
+                self._say(
+                    f"stopped early at step {self.step} of {cfg.steps}: val loss reached "
+                    f"train.stop_at_loss {cfg.stop_at_loss:g}"
+                )
         barrier(self.env)
         return last
 
     def _say(self, text: str) -> None:
         if self.progress:
             tqdm.write(text)
+
+    def _stop_due(self, rec: dict[str, Any]) -> bool:
+        """Whether the record just made ends the run early: it holds an evaluation before the last step
+        whose val_loss is <= train.stop_at_loss. Rank 0 evaluates and decides; every rank gets its answer."""
+        target = self.cfg.stop_at_loss
+        if target <= 0 or self.step >= self.cfg.steps or not self._due(self.step, self.cfg.eval_every):
+            return False
+        stop = torch.tensor(float(self.env.is_main and rec["val_loss"] <= target), device=self.device)
+        if self.env.enabled:
+            dist.broadcast(stop, src=0)
+        return bool(stop.item())
+
+    def stop_fields(self) -> dict[str, Any]:
+        """What a record of a run that stopped early adds: {"stopped_early": True, "stop_at_loss": ...}."""
+        return {"stopped_early": True, "stop_at_loss": self.cfg.stop_at_loss} if self.stopped_early else {}
+
+    def finished(self) -> bool:
+        """Nothing left to do: every step done (or stopped early) and the final weights written."""
+        done = self.step >= self.cfg.steps or self.stopped_early
+        return done and (self.setup.run_dir / FINAL_MODEL_FILE).is_file()
 
     def _record_due(self, step: int) -> bool:
         cfg = self.cfg
@@ -511,6 +540,7 @@ class Trainer:
                 "tokens": self.step * self.tokens_per_step,
                 "rng": ckpt.rng_states(self.data_gen),
                 "world_size": self.env.world_size,
+                **({"stopped_early": True} if self.stopped_early else {}),
             }
             ckpt.save_checkpoint(
                 self.setup.run_dir, self.module, self.opt, self.opt_names, state, self.cfg.keep_checkpoints
@@ -521,6 +551,7 @@ class Trainer:
         state = ckpt.load_checkpoint(path, self.module, self.opt, self.opt_names)
         ckpt.restore_rng_states(state["rng"], self.data_gen)
         self.step = int(state["step"])
+        self.stopped_early = bool(state.get("stopped_early", False))
 
 
 class _NullFile:
@@ -560,6 +591,32 @@ def check_replicas_identical(model: nn.Module) -> None:
         raise RuntimeError("DDP replicas diverged: weights or sparsity masks differ between ranks")
 
 
+def final_val_loss(run_dir: str | Path) -> float:
+    """The validation loss a finished run ended at: the last val_loss of its metrics.jsonl.
+
+    UserError (one line) unless `run_dir` is a finished training run (final weights and a recorded val_loss)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / FINAL_MODEL_FILE).is_file():
+        raise UserError(f"{run_dir} is not a finished training run (no {FINAL_MODEL_FILE})")
+    path = run_dir / METRICS_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    losses = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a kill
+        loss = rec.get("val_loss") if isinstance(rec, dict) else None
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss):
+            losses.append(float(loss))
+    if not losses:
+        raise UserError(f"{run_dir} is not a finished training run (no validation loss in {path.name})")
+    return losses[-1]
+
+
 def train(
     data_dir: str | Path,
     out: str | Path,
@@ -586,8 +643,8 @@ def train(
             create_run_dir(setup, preset or "demo", dense, sets, env)
         barrier(env)
         trainer = Trainer(setup, env, progress)
-        if trainer.step >= setup.train_cfg.steps and (setup.run_dir / FINAL_MODEL_FILE).is_file():
-            return {"step": trainer.step, "already_complete": True}
+        if trainer.finished():
+            return {"step": trainer.step, "already_complete": True, **trainer.stop_fields()}
         return trainer.fit()
     finally:
         shutdown_distributed()
