@@ -319,7 +319,8 @@ class Trainer:
             f"  model: {m.n_layer} layers, d_model {m.d_model}, {self.model.num_params():,} params; "
             f"{n_sparse:,} sparsified -> {target:,} nonzero at L0 {c.l0_target:g}; AbsTopK afrac {afrac}",
             f"  {c.steps} steps x {self.tokens_per_step:,} tokens, lr {c.lr:g}, eps {c.eps:g}"
-            + (f"; bigram baseline val loss {bigram:.4f}" if bigram is not None else ""),
+            + (f"; bigram baseline val loss {bigram:.4f}" if bigram is not None else "")
+            + (f"; stops at val loss <= {c.stop_at_loss:g}" if c.stop_at_loss > 0 else ""),
         ]
         return "\n".join(lines)
 
