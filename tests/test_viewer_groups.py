@@ -350,7 +350,7 @@ def test_group_view_in_the_browser(site, tmp_path):
             page.locator(".view-controls button", has_text="groups").click()
             page.wait_for_selector('svg.graph[data-ready] g.group-box[data-name="head:0.0"]')
             assert page.locator("svg.graph g.group-box").count() == 1
-            assert "L0 head 0" in page.locator('g.group-box[data-name="head:0.0"]').inner_text()
+            assert "L0 head 0 · 3" in page.locator('g.group-box[data-name="head:0.0"]').text_content()
             assert page.locator('g.node[data-name="0.attn.q.0"]').count() == 0
             assert "view=groups" in page.url
             page.screenshot(path=str(tmp_path / "groups.png"), full_page=True)
@@ -372,14 +372,24 @@ def test_group_view_in_the_browser(site, tmp_path):
             page.wait_for_selector('g.group-box[data-name="user:qk of head 0"]')
             sidecar = fixture["circuit"].with_name("quote.groups.json")
             assert json.loads(sidecar.read_text())["groups"][0]["nodes"] == ["0.attn.q.0", "0.attn.k.0"]
+            assert page.locator('g.node[data-name="0.attn.q.0"]').count() == 0  # inside the new box
+            page.locator('g.group-box[data-name="user:qk of head 0"]').click()
+            page.wait_for_selector('svg.graph[data-ready] g.node[data-name="0.attn.q.0"]')
             url = page.url
+            assert "expand=user%3Aqk%20of%20head%200" in url and "group=user%3Aqk%20of%20head%200" in url
 
             # the URL reopens the same view in a fresh page
             again = browser.new_page(viewport={"width": 1500, "height": 950})
             again.goto(url)
-            again.wait_for_selector('svg.graph[data-ready] g.group-box[data-name="user:qk of head 0"]')
-            assert again.locator('g.node[data-name="0.attn.v.1"]').count() == 1  # head 0 still expanded
+            again.wait_for_selector('svg.graph[data-ready] g.node[data-name="0.attn.q.0"]')
             assert again.locator(".view-controls button.active").inner_text() == "groups"
+            # the named group is expanded; head 0 (only v.1 left in it) is no group any more
+            assert [again.locator("svg.graph g.outline").get_attribute("data-id")] == ["user:qk of head 0"]
+            assert "qk of head 0" in again.locator(".group-summary").inner_text()  # the selected group
+            assert "named group" in again.locator(".group-summary").inner_text()
+            again.screenshot(path=str(tmp_path / "reopened.png"), full_page=True)
+            again.locator(".group-summary button", has_text="collapse").click()
+            again.wait_for_selector('svg.graph[data-ready] g.group-box[data-name="user:qk of head 0"]')
 
             # trim from the URL
             again.goto(url + "&trim=0.5")

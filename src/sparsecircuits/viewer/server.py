@@ -145,8 +145,8 @@ class ViewerApp:
         except UserError as e:
             user, error = [], str(e)
         groups = all_groups(circuit, user)
-        graph = build_graph(shown)
-        if view == "groups":
+        graph = build_graph(shown) if query.get("graph") != "0" else None
+        if graph is not None and view == "groups":
             graph = group_graph(graph, groups, set(expand))
         return {
             "id": circuit_id,

@@ -1,5 +1,6 @@
 // The single-page app: sidebar of runs and circuits, circuit page (graph, task, model tabs), run page.
-// Routes live in the URL hash: #circuit=ID&tab=graph&node=NAME, #run=ID.
+// Routes live in the URL hash: #circuit=ID&tab=graph&node=NAME, #run=ID. The graph's view state goes there
+// too, so a shared URL reopens it: view=groups, expand=GROUP (repeated), trim=0.9, group=GROUP (selected).
 "use strict";
 (function (SC) {
   const h = (...a) => SC.h(...a);
@@ -9,7 +10,10 @@
   // ---- routing -------------------------------------------------------------------------------------
 
   function route() {
-    return Object.fromEntries(new URLSearchParams(location.hash.slice(1)).entries());
+    const params = new URLSearchParams(location.hash.slice(1));
+    const r = Object.fromEntries(params.entries());
+    r.expand = params.getAll("expand");
+    return r;
   }
 
   function go(params, replace = false) {
@@ -22,7 +26,7 @@
     const r = route();
     markActive(r);
     try {
-      if (r.circuit) await showCircuit(r.circuit, r.tab || "graph", r.node);
+      if (r.circuit) await showCircuit(r.circuit, r.tab || "graph", r.node, r);
       else if (r.run) await showRun(r.run);
       else showHome();
     } catch (e) {
@@ -110,7 +114,7 @@
     );
   }
 
-  async function showCircuit(id, tab, node) {
+  async function showCircuit(id, tab, node, r) {
     let page = state.page;
     if (!page || page.kind !== "circuit" || page.id !== id) {
       SC.clear(main()).append(h("div", { class: "loading", text: "Loading circuit…" }));
@@ -118,14 +122,24 @@
       page = state.page = buildCircuitPage(data);
     }
     page.show(tab);
-    if (tab === "graph") {
-      const i = node ? page.data.graph.nodes.findIndex((n) => n.id === node) : -1;
-      const want = i >= 0 ? i : null;
-      if (page.view.selected !== want) {
-        page.view.select(want, false);
-        page.renderDetail(want);
-      }
+    if (tab !== "graph") return;
+    if (!(await page.applyGraphState(r))) return; // a newer route took over
+    if (r.group) {
+      page.view.select(null, false);
+      page.renderGroup(r.group);
+      return;
     }
+    const i = node ? page.view.graph.nodes.findIndex((n) => n.id === node) : -1;
+    const want = i >= 0 ? i : null;
+    if (page.view.selected !== want || page.showingGroup) {
+      page.view.select(want, false);
+      page.renderDetail(want);
+    }
+  }
+
+  /** The graph state of a route: view mode, expanded groups, trim share, selected group. */
+  function graphState(r) {
+    return { view: r.view === "groups" ? "groups" : "nodes", expand: r.expand || [], trim: r.trim || "", group: r.group };
   }
 
   function buildCircuitPage(data) {
@@ -137,8 +151,8 @@
       h("button", { type: "button", class: "small", text: "PNG", on: { click: async () => SC.download(`${fileStem(data.name)}.png`, await page.view.toPNG(data.title)) } }),
     ];
     const tabNames = [["graph", "Graph"], ["task", "Task"], ["model", "Model"]];
-    const selectedNode = () => (page.view.selected === null ? undefined : data.graph.nodes[page.view.selected].id);
-    const tabBar = tabs(tabNames, "graph", (key) => go({ circuit: data.id, tab: key, node: selectedNode() }));
+    const selectedNode = () => (page.view.selected === null ? undefined : page.view.graph.nodes[page.view.selected].id);
+    const tabBar = tabs(tabNames, "graph", (key) => page.navigate({ tab: key, node: selectedNode() }));
     const body = h("div", { class: "tab-body" });
     SC.clear(main()).append(pageHeader(data.title, `${data.name} · ${SC.circuitFacts(meta)}`, exportButtons), tabBar, body);
     const panes = {};
@@ -163,17 +177,179 @@
   function buildGraphPane(page, pane) {
     const host = h("div", { class: "graph-host" });
     const detail = h("aside", { class: "detail" });
-    pane.append(h("div", { class: "graph-layout" }, h("div", { class: "graph-main" }, h("div", { class: "graph-toolbar" }), SC.legend(), host), detail));
-    page.view = new SC.GraphView(host, page.data.graph, {
-      onSelect: (i) => {
-        const node = i === null ? undefined : page.data.graph.nodes[i].id;
-        go({ circuit: page.id, tab: "graph", node }, true);
-        page.renderDetail(i);
-      },
-    });
-    pane.querySelector(".graph-toolbar").append(SC.edgeControls(page.view));
-    page.renderDetail = (i) => renderDetail(page, detail, i);
+    const edgeBar = h("div", { class: "edge-bar" });
+    const notes = h("div", { class: "graph-notes" });
+    page.gs = graphState({});
+    page.graphKey = JSON.stringify(["nodes", [], ""]);
+    page.picked = new Set();
+    page.groupInfo = null;
+    const groupBar = groupControls(page);
+    pane.append(h("div", { class: "graph-layout" }, h("div", { class: "graph-main" }, h("div", { class: "graph-toolbar" }, groupBar, edgeBar), notes, SC.legend(), host), detail));
+    page.renderDetail = (i) => {
+      page.showingGroup = false;
+      renderDetail(page, detail, i);
+    };
+    page.renderGroup = (id) => {
+      page.showingGroup = true;
+      renderGroupDetail(page, detail, id);
+    };
+    /** Go to this circuit's graph with the current state changed by `changes` (a route like any other). */
+    page.navigate = (changes, replace = false) => {
+      const gs = page.gs;
+      const params = { circuit: page.id, tab: "graph", view: gs.view === "groups" ? "groups" : undefined, expand: gs.expand, trim: gs.trim, group: gs.group, node: undefined, ...changes };
+      const hash = "#" + SC.query(params);
+      if (hash !== location.hash) go(params, replace);
+      else if (!replace) onRoute();
+    };
+    page.setGraph = (graph) => {
+      SC.clear(host);
+      page.view = new SC.GraphView(host, graph, {
+        picked: page.picked,
+        onSelect: (i) => {
+          page.gs.group = undefined;
+          page.navigate({ node: i === null ? undefined : graph.nodes[i].id }, true);
+          page.renderDetail(i);
+        },
+        onGroup: (i) => {
+          const id = graph.nodes[i].id;
+          page.navigate({ view: "groups", expand: [...page.gs.expand.filter((x) => x !== id), id], group: id });
+        },
+        onCollapse: (id) => page.navigate({ expand: page.gs.expand.filter((x) => x !== id), group: id }),
+        onPick: () => groupBar.update(),
+      });
+      SC.clear(edgeBar).append(SC.edgeControls(page.view));
+      groupBar.update();
+      renderNotes(page, notes);
+    };
+    /** Fetch and draw the graph a route asks for, unless it is already drawn; false when a newer route took over. */
+    page.applyGraphState = async (r) => {
+      const gs = graphState(r);
+      const key = JSON.stringify([gs.view, gs.expand.slice().sort(), gs.trim]);
+      const token = (page.graphToken = {});
+      if (key !== page.graphKey || !page.groupInfo) {
+        const plain = gs.view === "nodes" && !gs.trim;
+        const info = await SC.getJSON("/api/graph?" + SC.query({ id: page.id, view: gs.view, expand: gs.expand, trim: gs.trim, graph: plain ? "0" : undefined }));
+        if (token !== page.graphToken) return false;
+        page.groupInfo = info;
+        page.gs = gs;
+        if (key !== page.graphKey || !page.view) {
+          page.graphKey = key;
+          page.setGraph(plain ? page.data.graph : info.graph);
+        } else renderNotes(page, notes);
+      }
+      page.gs = gs;
+      groupBar.update();
+      return true;
+    };
+    page.setGraph(page.data.graph);
     page.renderDetail(null);
+  }
+
+  /** The toolbar's group part: node view / group view, trim, and the form naming the picked nodes. */
+  function groupControls(page) {
+    const viewButton = (key, label) => h("button", { type: "button", class: "small", dataset: { view: key }, text: label, on: { click: () => page.navigate({ view: key === "groups" ? "groups" : undefined }) } });
+    const views = h("span", { class: "view-controls", role: "group", "aria-label": "view" }, "show ", viewButton("nodes", "nodes"), viewButton("groups", "groups"));
+    const trims = [["", "all nodes"], ["0.99", "99% of influence"], ["0.95", "95% of influence"], ["0.9", "90% of influence"], ["0.8", "80% of influence"], ["0.5", "50% of influence"]];
+    const trim = h("select", { "aria-label": "trim", title: "keep, for display, the nodes carrying this share of the influence on the task loss" }, trims.map(([v, label]) => h("option", { value: v, text: label })));
+    trim.addEventListener("change", () => page.navigate({ trim: trim.value }));
+    const name = h("input", { type: "text", placeholder: "name the picked nodes", "aria-label": "group name", maxlength: 80 });
+    const save = h("button", { type: "button", class: "small", text: "Save group" });
+    const status = h("span", { class: "form-status muted" });
+    const form = h("span", { class: "group-form", title: "shift-click nodes to pick them" }, name, save, status);
+    save.addEventListener("click", async () => {
+      status.textContent = "";
+      try {
+        const wanted = name.value.trim();
+        await SC.postJSON("/api/groups/save", { circuit: page.id, name: wanted, nodes: [...page.picked] });
+        page.picked.clear();
+        name.value = "";
+        page.groupInfo = null; // refetch: the groups changed
+        page.graphKey = null;
+        page.navigate({ view: "groups", group: "user:" + wanted });
+      } catch (e) {
+        status.textContent = e.message;
+      }
+    });
+    name.addEventListener("keydown", (ev) => ev.key === "Enter" && save.click());
+    const bar = h("div", { class: "controls group-controls" }, views, h("label", {}, "trim ", trim), form);
+    bar.update = () => {
+      views.querySelectorAll("button").forEach((b) => b.classList.toggle("active", b.dataset.view === page.gs.view));
+      trim.value = trims.some(([v]) => v === page.gs.trim) ? page.gs.trim : "";
+      if (page.gs.trim && trim.value !== page.gs.trim) trim.append(h("option", { value: page.gs.trim, text: `${page.gs.trim} of influence`, selected: true }));
+      const writable = page.groupInfo ? page.groupInfo.writable : false;
+      const n = page.picked.size;
+      save.textContent = n ? `Save group (${n} nodes)` : "Save group";
+      save.disabled = !writable || !n;
+      name.disabled = !writable;
+      form.title = writable ? "shift-click nodes to pick them, then name them" : "this viewer is read-only";
+    };
+    return bar;
+  }
+
+  /** Notes above the graph: what the trim kept, and a broken groups file. */
+  function renderNotes(page, notes) {
+    SC.clear(notes);
+    const info = page.groupInfo;
+    if (!info) return;
+    const t = info.trim;
+    if (t) {
+      const share = t.total_influence ? (100 * t.kept_influence) / t.total_influence : 100;
+      const basis = t.basis === "ablation_effect" ? "|ablation effect − circuit loss| per node" : "summed |edge weight| per node (some nodes have no ablation effect)";
+      notes.append(h("div", { class: "note trim-note", text: `Trimmed for display: ${t.kept} of ${t.total} nodes, carrying ${SC.fmt(share)}% of the influence (${basis}). The circuit itself is unchanged.` }));
+    }
+    if (info.groups_error) notes.append(h("div", { class: "error-box", text: `Named groups not shown: ${info.groups_error}` }));
+  }
+
+  /** The side panel for a group: its kind, members (links when drawn), expand/collapse and delete. */
+  function renderGroupDetail(page, aside, id) {
+    SC.clear(aside);
+    page.detailToken = {};
+    const groups = (page.groupInfo && page.groupInfo.groups) || [];
+    const g = groups.find((x) => x.id === id);
+    if (!g) {
+      aside.append(h("div", { class: "note", text: `No group ${id} in this circuit.` }));
+      return;
+    }
+    const graph = page.view.graph;
+    const index = new Map(graph.nodes.map((n, i) => [n.id, i]));
+    const expanded = page.gs.expand.includes(id);
+    const member = (m) =>
+      index.has(m) && !graph.nodes[index.get(m)].group
+        ? h("button", { type: "button", class: "link", text: m, on: { click: () => page.view.select(index.get(m)) } })
+        : h("span", { class: "mono muted", text: m });
+    const toggle = h("button", { type: "button", class: "small", text: expanded ? "collapse" : "expand", on: { click: () => page.navigate({ view: "groups", expand: expanded ? page.gs.expand.filter((x) => x !== id) : [...page.gs.expand, id], group: id }) } });
+    const remove =
+      g.source === "user" && page.groupInfo.writable
+        ? h("button", {
+            type: "button",
+            class: "small",
+            text: "delete group",
+            on: {
+              click: async () => {
+                try {
+                  await SC.postJSON("/api/groups/delete", { circuit: page.id, name: g.name });
+                  page.groupInfo = null;
+                  page.graphKey = null;
+                  page.navigate({ expand: page.gs.expand.filter((x) => x !== id), group: undefined });
+                } catch (e) {
+                  aside.append(h("div", { class: "error-box", text: e.message }));
+                }
+              },
+            },
+          })
+        : null;
+    const kind = g.source === "user" ? `named group, saved in ${page.groupInfo.groups_file}` : "head group: the query, key and value channels of one head";
+    aside.append(
+      h(
+        "div",
+        { class: "group-summary" },
+        h("div", { class: "node-title" }, h("span", { class: "group-swatch " + g.source }), h("span", { text: g.name })),
+        h("dl", { class: "kv" }, h("dt", { text: "kind" }), h("dd", { text: kind }), h("dt", { text: "members" }), h("dd", { text: String(g.members.length) })),
+        h("div", { class: "actions" }, toggle, remove),
+        h("h4", { text: `members (${g.members.length})` }),
+        h("div", { class: "chips" }, g.members.map(member))
+      )
+    );
   }
 
   function renderDetail(page, aside, i) {
@@ -185,6 +361,7 @@
     }
     const achieved = (page.data.meta.achieved || {}).loss;
     aside.append(SC.nodeSummary(page.view, i, achieved));
+    if (page.view.graph.nodes[i].group) return;
     const computed = h("div", { class: "computed" }, h("div", { class: "loading", text: "Computing activations…" }));
     aside.append(computed);
     if (!page.data.run) {
@@ -192,7 +369,7 @@
       return;
     }
     const token = page.detailToken;
-    const node = page.data.graph.nodes[i].id;
+    const node = page.view.graph.nodes[i].id;
     SC.getJSON("/api/node?" + SC.query({ circuit: page.id, node }))
       .then((d) => token === page.detailToken && SC.clear(computed).append(nodeDetail(d)))
       .catch((e) => token === page.detailToken && SC.clear(computed).append(h("div", { class: "error-box", text: e.message })));

@@ -86,8 +86,23 @@
     return body;
   };
 
+  /** POST a JSON body to an endpoint; like getJSON, a non-2xx answer throws the server's message. */
+  SC.postJSON = async function (url, body) {
+    const response = await fetch(url, { method: "POST", headers: { Accept: "application/json", "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch (e) {
+      answer = { error: response.statusText || "bad response" };
+    }
+    if (!response.ok) throw new Error((answer && answer.error) || response.statusText);
+    return answer;
+  };
+
+  /** A query string; an array value repeats its key (expand=a&expand=b). */
   SC.query = (params) =>
     Object.entries(params)
+      .flatMap(([k, v]) => (Array.isArray(v) ? v.map((x) => [k, x]) : [[k, v]]))
       .filter(([, v]) => v !== undefined && v !== null && v !== "")
       .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)
       .join("&");

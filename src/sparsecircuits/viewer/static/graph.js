@@ -2,6 +2,8 @@
 // selection, an edge filter, and the node summary (name, ablation effect, edges). Shared by the app
 // and by exported HTML pages. Node colours, labels and the legend come in the graph JSON
 // (graph.locations, graph.legend: the table in model/locations.py), as for viewer/svg.py.
+// A group-level graph (viewer/groups.py) has box nodes (node.group), summed edges [src, dst, w, count]
+// and outlines of expanded groups; the app passes onGroup / onCollapse / onPick for them.
 "use strict";
 (function (SC) {
   const h = (...a) => SC.h(...a);
@@ -39,8 +41,11 @@
     return adj;
   }
 
+  /** Width of a group box: room for "name · size". */
+  const boxWidth = (n) => Math.max(64, 6.4 * (n.label.length + String(n.group.size).length + 3) + 18);
+
   class GraphView {
-    /** opts: {onSelect(i), maxEdges} */
+    /** opts: {onSelect(i), maxEdges, onGroup(i) (a box clicked), onCollapse(groupId), onPick(i) (shift-click), picked: Set of ids} */
     constructor(container, graph, opts = {}) {
       this.graph = graph;
       this.opts = opts;
@@ -52,6 +57,7 @@
       this.threshold = 0;
       this.maxEdges = opts.maxEdges || 2000;
       this.selected = null;
+      this.picked = opts.picked || new Set(); // shared with the app, so picks survive a redraw
       this.zoom = 1;
       this.build(container);
     }
@@ -61,7 +67,7 @@
       this.scroller = h("div", { class: "graph-scroll" });
       this.svg = s("svg", { class: "graph", viewBox: `0 0 ${g.width} ${g.height}`, "font-family": FONT });
       this.layers = {};
-      for (const name of ["bands", "residual", "edges", "qk", "focus", "nodes"]) this.svg.appendChild((this.layers[name] = s("g", { class: name })));
+      for (const name of ["bands", "outlines", "residual", "edges", "qk", "focus", "nodes"]) this.svg.appendChild((this.layers[name] = s("g", { class: name })));
       this.tooltip = h("div", { class: "tooltip", hidden: true });
       this.scroller.appendChild(this.svg);
       container.appendChild(this.scroller);
@@ -69,12 +75,13 @@
       const legend = container.parentElement && container.parentElement.querySelector(".legend:empty");
       if (legend) legend.replaceWith(SC.legend(g)); // the pane's legend box (SC.legend called without a graph)
       this.drawBands();
+      this.drawOutlines();
       this.drawResidual();
       this.drawQK();
       this.drawNodes();
       this.setFilter(0, this.maxEdges);
       this.svg.addEventListener("click", (ev) => {
-        if (ev.target === this.svg || ev.target.closest(".bands")) this.select(null);
+        if (ev.target === this.svg || ev.target.closest(".bands") || ev.target.closest(".outline rect")) this.select(null);
       });
       this.scroller.addEventListener("wheel", (ev) => this.onWheel(ev), { passive: false });
       requestAnimationFrame(() => {
@@ -98,6 +105,27 @@
       }
     }
 
+    /** A dashed frame around each expanded group's members; its label collapses the group again. */
+    drawOutlines() {
+      for (const o of this.graph.outlines || []) {
+        const [x0, y0, x1, y1] = [o.x0 - 16, o.y0 - 30, o.x1 + 16, o.y1 + 24];
+        const label = s(
+          "text",
+          { class: "outline-label", x: x0 + 4, y: y0 - 4, "font-size": 10, "font-weight": 600, fill: "#7c3aed", tabindex: 0, text: `▾ ${o.name}` },
+          s("title", { text: "collapse this group" })
+        );
+        const collapse = (ev) => {
+          ev.stopPropagation();
+          if (this.opts.onCollapse) this.opts.onCollapse(o.id);
+        };
+        label.addEventListener("click", collapse);
+        label.addEventListener("keydown", (ev) => ev.key === "Enter" && collapse(ev));
+        this.layers.outlines.appendChild(
+          s("g", { class: "outline", dataset: { id: o.id } }, s("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, rx: 8, fill: "#faf5ff", "fill-opacity": 0.5, stroke: "#a78bfa", "stroke-dasharray": "5 3" }), label)
+        );
+      }
+    }
+
     drawResidual() {
       const n = this.graph.nodes;
       for (const [a, b] of this.graph.residual_links) {
@@ -117,20 +145,35 @@
       }
     }
 
+    /** A group's box: its name and size; a click expands it (opts.onGroup). */
+    groupBox(node, i) {
+      const w = boxWidth(node);
+      const user = node.group.source === "user";
+      return s(
+        "g",
+        { class: "node group-box" + (user ? " user" : ""), transform: `translate(${node.x},${node.y})`, dataset: { i, name: node.id }, tabindex: 0 },
+        s("rect", { x: -w / 2, y: -12, width: w, height: 24, rx: 6, fill: user ? "#f5f3ff" : "#ecfdf5", stroke: user ? "#7c3aed" : "#059669", "stroke-width": 1.6 }),
+        s("text", { y: 4, "font-size": 10.5, "font-weight": 600, "text-anchor": "middle", fill: "#1e293b", text: `${node.label} · ${node.group.size}` })
+      );
+    }
+
     drawNodes() {
       this.nodeEls = this.graph.nodes.map((node, i) => {
         const colour = SC.nodeColour(this.graph, node);
-        const el = s(
-          "g",
-          { class: "node", transform: `translate(${node.x},${node.y})`, dataset: { i, name: node.id }, tabindex: 0 },
-          s("circle", { r: 7, fill: locOf(this.graph, node).hollow ? "#ffffff" : colour, stroke: colour, "stroke-width": 2 }),
-          s("text", { y: 19, "font-size": 9, "text-anchor": "middle", fill: "#334155", text: node.label })
-        );
+        const el = node.group
+          ? this.groupBox(node, i)
+          : s(
+              "g",
+              { class: "node" + (this.picked.has(node.id) ? " picked" : ""), transform: `translate(${node.x},${node.y})`, dataset: { i, name: node.id }, tabindex: 0 },
+              s("circle", { r: 7, fill: locOf(this.graph, node).hollow ? "#ffffff" : colour, stroke: colour, "stroke-width": 2 }),
+              s("text", { y: 19, "font-size": 9, "text-anchor": "middle", fill: "#334155", text: node.label })
+            );
         el.addEventListener("mouseenter", () => this.showTooltip(i));
         el.addEventListener("mouseleave", () => (this.tooltip.hidden = true));
         el.addEventListener("click", (ev) => {
           ev.stopPropagation();
-          this.select(i);
+          if ((ev.shiftKey || ev.ctrlKey || ev.metaKey) && !node.group) this.togglePick(i);
+          else this.select(i);
         });
         el.addEventListener("keydown", (ev) => ev.key === "Enter" && this.select(i));
         this.layers.nodes.appendChild(el);
@@ -138,13 +181,23 @@
       });
     }
 
+    /** Pick or unpick node i for a new group (shift-click); opts.onPick hears of it. */
+    togglePick(i) {
+      const id = this.graph.nodes[i].id;
+      if (this.picked.has(id)) this.picked.delete(id);
+      else this.picked.add(id);
+      this.nodeEls[i].classList.toggle("picked", this.picked.has(id));
+      if (this.opts.onPick) this.opts.onPick(this.picked);
+    }
+
     edgePath(i, extra = {}) {
-      const [a, b, w] = this.graph.edges[i];
+      const [a, b, w, count] = this.graph.edges[i];
       const n = this.graph.nodes;
+      const summed = count > 1 ? ` (sum of ${count} edges)` : "";
       return s(
         "path",
         { d: SC.curve(n[a], n[b]), fill: "none", stroke: SC.edgeColour(w), "stroke-width": SC.edgeWidth(w, this.maxAbs).toFixed(2), opacity: 0.8, ...extra },
-        s("title", { text: `${n[a].display} → ${n[b].display}${w === null ? "" : ": " + SC.signed(w, 4)}` })
+        s("title", { text: `${n[a].display} → ${n[b].display}${w === null ? "" : ": " + SC.signed(w, 4)}${summed}` })
       );
     }
 
@@ -164,6 +217,10 @@
 
     /** Select node i (or null): highlight its edges (all of them, whatever the filter) and neighbours. */
     select(i, notify = true) {
+      if (i !== null && this.graph.nodes[i].group && this.opts.onGroup) {
+        if (notify) this.opts.onGroup(i); // a box: the app expands it
+        return;
+      }
       this.selected = i;
       const focus = SC.clear(this.layers.focus);
       this.nodeEls.forEach((el) => el.classList.remove("sel", "nb"));
@@ -195,7 +252,14 @@
       const adj = this.adj[i];
       const effect = n.info && n.info.ablation_effect;
       const label = n.info && n.info.label;
-      SC.clear(this.tooltip).append(
+      if (n.group) {
+        SC.clear(this.tooltip).append(
+          h("div", { class: "tt-name", text: n.display }),
+          h("div", { class: "muted", text: `${n.group.source === "user" ? "named group" : "head group"} of ${n.group.size} nodes` }),
+          h("div", { text: `in ${adj.ins.length} · out ${adj.outs.length} summed edges` }),
+          h("div", { class: "muted", text: "click to expand" })
+        );
+      } else SC.clear(this.tooltip).append(
         h("div", { class: "tt-name", text: n.display }),
         typeof label === "string" ? h("div", { class: "tt-label", text: label }) : null,
         h("div", { class: "muted", text: SC.locTitle(this.graph, n) }),
