@@ -1,4 +1,4 @@
-"""`sparsecircuits tasks list|show|mine` and `sparsecircuits eval`."""
+"""`sparsecircuits tasks list|show|mine|stress` and `sparsecircuits eval`."""
 
 from __future__ import annotations
 
@@ -230,5 +230,88 @@ def eval_cmd(
                 "loss_convention": loss_convention,
                 "pretrain_val_loss": pretrain,
                 "tasks": {r["task"]: r for r in rows},
+            },
+        )
+
+
+# ---- tasks stress (tasks/stress.py) ---------------------------------------------------------------------------
+
+
+def _stress_table(name: str, rows: list[dict]) -> str:
+    answers = list(rows[0]["acc_by_answer"])
+    head = f"{'model':10s} {'level':>5s} {'loss':>8s} {'acc':>7s} " + " ".join(
+        f"{'acc ' + repr(a).strip(chr(39)):>10s}" for a in answers
+    )
+    lines = [head + f" {'flipped':>8s}"]
+    for r in rows:
+        accs = " ".join(f"{r['acc_by_answer'][a]:10.3f}" for a in answers)
+        lines.append(
+            f"{name:10s} {r['level']:5d} {r['loss']:8.4f} {r['acc']:7.3f} {accs} {r['flipped']:8.3f}"
+        )
+    return "\n".join(lines)
+
+
+@tasks.command("stress")
+@click.option(
+    "--model", "run_paths", required=True, multiple=True, type=click.Path(), help="Run (repeatable)."
+)
+@click.option("--task", "task_name", required=True, help="Task: bracket_counting or single_double_quote.")
+@click.option(
+    "--kind", required=True, help="Stress kind: dilute, distract (brackets); distract, same (quotes)."
+)
+@click.option("--levels", default="0,1,2,4,8", show_default=True, help="Comma-separated levels (0 = normal).")
+@shown_option("--n-pairs", 128, count(1, MAX_EVAL_PAIRS), "Pairs per level (2 prompts each).")
+@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True)
+@seed_option()
+@device_option()
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results here.")
+@force_option("Overwrite an existing --json file.")
+@loss_convention_option()
+def stress_cmd(
+    run_paths, task_name, kind, levels, n_pairs, split, seed, device, json_path, force, loss_convention
+) -> None:
+    """Task loss and accuracy on stressed prompts (a distractor, a diluted list) per level (tasks/stress.py).
+
+    Level 0 is the normal prompts. acc 'X' is the accuracy on prompts whose answer is X; flipped is the
+    fraction of prompts right at level 0 and wrong at this level.
+    """
+    from sparsecircuits.io import atomic_write_json, check_output_file
+    from sparsecircuits.run import load_run
+    from sparsecircuits.tasks.stress import evaluate_stress, get_kind, parse_levels
+    from sparsecircuits.train.distributed import resolve_device
+
+    stress, level_list = get_kind(task_name, kind), parse_levels(levels)
+    if json_path:
+        check_output_file(json_path, force, "--json file")
+    click.echo(f"{stress.task} / {stress.name}: predicted {stress.prediction}")
+    results = {}
+    for path in run_paths:
+        run = load_run(path, device=resolve_device(device))
+        rows = evaluate_stress(
+            run.model,
+            run.tokenizer,
+            stress.task,
+            stress.name,
+            level_list,
+            n_pairs,
+            split,
+            seed,
+            loss_convention,
+        )
+        click.echo(_stress_table(Path(path).name, rows))
+        results[str(run.path)] = rows
+    if json_path:
+        atomic_write_json(
+            json_path,
+            {
+                "task": stress.task,
+                "kind": stress.name,
+                "prediction": stress.prediction,
+                "levels": level_list,
+                "n_pairs": n_pairs,
+                "split": split,
+                "seed": seed,
+                "loss_convention": loss_convention,
+                "models": results,
             },
         )

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sparsecircuits.data.tokenizer import EOT
 from sparsecircuits.errors import UserError
-from sparsecircuits.tasks.base import Prompt, Task
+from sparsecircuits.tasks.base import Pair, Prompt, Task
 from sparsecircuits.tasks.registry import get_task
 from sparsecircuits.tasks.tokens import check_tokenizer
 
@@ -83,8 +83,13 @@ def encode_task(
 ) -> TaskBatch:
     """Generate `n_pairs` pairs of `task` and tokenise their 2 * n_pairs prompts into a TaskBatch."""
     task = get_task(task)
+    return encode_pairs(task, task.pairs(n_pairs, split, seed), tokenizer, n_ctx)
+
+
+def encode_pairs(task: Task, pairs: list[Pair], tokenizer: Tokenizer, n_ctx: int = 256) -> TaskBatch:
+    """Tokenise given pairs of `task` (e.g. tasks/stress.py's variants) into a TaskBatch, as encode_task."""
     check_tokenizer(tokenizer, [task])
-    prompts = [p for pair in task.pairs(n_pairs, split, seed) for p in (pair.pos, pair.neg)]
+    prompts = [p for pair in pairs for p in (pair.pos, pair.neg)]
     ids = _encode(tokenizer, [p.text for p in prompts])
     _check_boundaries(task, prompts, ids, tokenizer)
     eot = tokenizer.token_to_id(EOT)
