@@ -192,6 +192,8 @@ def test_broken_sidecars_are_one_line_errors(tmp_path):
         check_groups(
             [{"name": "a", "nodes": ["0.attn.v.1"]}, {"name": "a", "nodes": ["0.attn.v.5"]}], nodes, "f"
         )
+    with pytest.raises(UserError, match="not in the circuit"):
+        check_groups([{"name": "a", "nodes": [["0.attn.v.1"], {"x": 1}]}], nodes, "f")
     with pytest.raises(UserError, match="must be a list"):
         check_groups({"a": 1}, nodes, "f")
 

@@ -97,7 +97,7 @@ def check_groups(raw: Any, nodes: list[str], where: str) -> list[dict[str, Any]]
             raise UserError(f"{where}: group {name!r} has no nodes")
         if any(g["name"] == name for g in out):
             raise UserError(f"{where}: two groups named {name!r}")
-        unknown = [str(n) for n in members if n not in known]
+        unknown = [str(n) for n in members if not isinstance(n, str) or n not in known]
         if unknown:
             raise UserError(f"{where}: group {name!r}: node(s) not in the circuit: {', '.join(unknown[:5])}")
         for n in members:

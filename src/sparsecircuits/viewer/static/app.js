@@ -274,8 +274,8 @@
     const bar = h("div", { class: "controls group-controls" }, views, h("label", {}, "trim ", trim), form);
     bar.update = () => {
       views.querySelectorAll("button").forEach((b) => b.classList.toggle("active", b.dataset.view === page.gs.view));
-      trim.value = trims.some(([v]) => v === page.gs.trim) ? page.gs.trim : "";
-      if (page.gs.trim && trim.value !== page.gs.trim) trim.append(h("option", { value: page.gs.trim, text: `${page.gs.trim} of influence`, selected: true }));
+      trim.value = [...trim.options].some((o) => o.value === page.gs.trim) ? page.gs.trim : "";
+      if (page.gs.trim && trim.value !== page.gs.trim && ![...trim.options].some((o) => o.value === page.gs.trim)) trim.append(h("option", { value: page.gs.trim, text: `${page.gs.trim} of influence`, selected: true }));
       const writable = page.groupInfo ? page.groupInfo.writable : false;
       const n = page.picked.size;
       save.textContent = n ? `Save group (${n} nodes)` : "Save group";
