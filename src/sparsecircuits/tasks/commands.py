@@ -239,9 +239,8 @@ def eval_cmd(
 
 def _stress_table(name: str, rows: list[dict]) -> str:
     answers = list(rows[0]["acc_by_answer"])
-    head = f"{'model':10s} {'level':>5s} {'loss':>8s} {'acc':>7s} " + " ".join(
-        f"{'acc ' + repr(a).strip(chr(39)):>10s}" for a in answers
-    )
+    labels = ["acc " + a.replace("\n", "\\n") for a in answers]  # a line end shown as \n
+    head = f"{'model':10s} {'level':>5s} {'loss':>8s} {'acc':>7s} " + " ".join(f"{x:>10s}" for x in labels)
     lines = [head + f" {'flipped':>8s}"]
     for r in rows:
         accs = " ".join(f"{r['acc_by_answer'][a]:10.3f}" for a in answers)
