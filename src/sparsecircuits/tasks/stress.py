@@ -183,9 +183,17 @@ def fitting_pairs(
     """The first `n_pairs` of the task's normal pairs (Task.pairs order) whose prompts still `fit` when
     stressed at `max_level` (a model's context is short; a dilution makes prompts long). Looks at up to
     DRAW_FACTOR * n_pairs pairs; a UserError when fewer fit. When all fit this is Task.pairs(n_pairs)."""
-    drawn = get_task(kind.task).pairs(DRAW_FACTOR * n_pairs, split, seed)
-    stressed = stress_pairs(drawn, kind, max_level, seed)
-    kept = [pair for pair, (p, n) in zip(drawn, stressed) if fits(p.prompt.text) and fits(n.prompt.text)]
+    task = get_task(kind.task)
+
+    def fitting(pairs: list[Pair]) -> list[Pair]:
+        stressed = stress_pairs(pairs, kind, max_level, seed)
+        return [pair for pair, (p, n) in zip(pairs, stressed) if fits(p.prompt.text) and fits(n.prompt.text)]
+
+    first = task.pairs(n_pairs, split, seed)  # a prefix of the longer draw below (same rng sequence)
+    if len(fitting(first)) == n_pairs:
+        return first
+    drawn = task.pairs(DRAW_FACTOR * n_pairs, split, seed)
+    kept = fitting(drawn)
     if len(kept) < n_pairs:
         raise UserError(
             f"{kind.task} {kind.name}: only {len(kept)} of {len(drawn)} pairs fit the model's context at level "
