@@ -13,7 +13,7 @@ circuits.validate); nothing computes a second way.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,7 @@ class Circuit:
         """Run `run.model` inside the with-block with every node outside the circuit ablated (the circuit's
         mean or zero ablation; means default to `mean_activations(run)`; the resample ablations need donors
         per batch and are refused). Yields the model."""
+        from sparsecircuits.circuits.edge_masks import stored_edge_gates
         from sparsecircuits.circuits.masks import NodeMask
 
         model = run.model
@@ -107,8 +108,11 @@ class Circuit:
         if ablation == "mean" and means is None:
             means = mean_activations(run)
         mask = NodeMask.for_model(model, means, ablation).to(next(model.parameters()).device)
-        with model.hooks(mask.hooks(self.gates(model))):  # a resample ablation: UserError, needs donors
-            yield model
+        gates = self.gates(model).to(mask.mu.device)
+        with model.hooks(mask.hooks(gates)):  # a resample ablation: UserError, needs donors
+            edges = stored_edge_gates(self.data, model, mask, gates)  # closed edges, if edges were pruned
+            with edges.hooks(model) if edges is not None else nullcontext():
+                yield model
 
     def save(self, path: str | Path, force: bool = False) -> Path:
         """Write the circuit file atomically; an existing file needs force=True."""

@@ -23,7 +23,14 @@ def gates_to_nodes(result: PruneResult, gates: torch.Tensor) -> dict[str, torch.
 @torch.no_grad()
 def node_effects(result: PruneResult) -> dict[str, dict[str, float]]:
     """Task loss with each circuit node alone removed (ablated) from the circuit, and its tau; the losses on
-    the bisection's validation prompts (result.evaluate)."""
+    the bisection's validation prompts (result.evaluate), with the closed edges ablated if edges were pruned."""
+    if result.edge_gates is None:
+        return _node_effects(result, result.removal_effects)
+    with result.edge_mask.hooks(result.evaluate.model, result.edge_gates):
+        return _node_effects(result, {})  # the clean-up's measurements predate the edge stage
+
+
+def _node_effects(result: PruneResult, known: dict[int, float]) -> dict[str, dict[str, float]]:
     evaluate = result.evaluate
     kept = torch.nonzero(result.gates).flatten()
     names = nodes_to_names(gates_to_nodes(result, result.gates))
@@ -32,7 +39,7 @@ def node_effects(result: PruneResult) -> dict[str, dict[str, float]]:
     for name, i in zip(names, kept.tolist()):  # names and kept indices share the forward order
         entry = {"tau": round(float(tau[i]), 4)}
         if len(kept) <= MAX_EFFECT_NODES:
-            effect = result.removal_effects.get(i)  # measured by the clean-up's final pass, if it ran
+            effect = known.get(i)  # measured by the clean-up's final pass, if it ran
             if effect is None:
                 g = result.gates.clone()
                 g[i] = 0.0
@@ -58,6 +65,10 @@ def make_circuit(
         stages["bisection"]["edges"] = count_edges(model.state_dict(), model.cfg, bisected)
     if "nodes" in stages.get("cleanup", {}):
         stages["cleanup"]["edges"] = graph.n_edges
+    if result.edge_gates is not None:
+        graph.edges = result.edge_mask.edges(model, result.edge_gates)
+    last = [name for name, st in stages.items() if "nodes" in st]
+    counts_stage = last[-1] if last else "bisection"
     circuit: dict[str, Any] = {
         "code_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -77,7 +88,7 @@ def make_circuit(
         "node_info": node_effects(result),
         **graph.to_json(),
         "bisection": result.bisection,
-        # the counts above are after the last stage run: "cleanup" when it ran, else "bisection"
+        # the counts above are after the last stage that ran ("stage" in counts): bisection, cleanup or edges
         "stages": stages,
         "pruning": {
             "hyperparameters": result.config,
@@ -86,6 +97,7 @@ def make_circuit(
             "search": search_rows or [],
         },
     }
+    circuit["counts"]["stage"] = counts_stage
     return circuit
 
 

@@ -137,6 +137,15 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
 @click.option(
     "--no-cleanup", is_flag=True, help="Skip the greedy node removal after the bisection (docs/circuits.md)."
 )
+@click.option(
+    "--no-edges",
+    is_flag=True,
+    help="Skip edge pruning (gates on the weights between circuit nodes, after the clean-up; docs/circuits.md).",
+)
+@shown_option("--edge-steps", 200, count(1, MAX_STEPS), "Edge-gate training steps.")
+@click.option(
+    "--edge-k-coef", default=1e-4, show_default=True, type=NON_NEGATIVE, help="Penalty per open edge."
+)
 @click.option("--no-validate", is_flag=True, help="Skip the sufficiency/necessity/random/resample checks.")
 @seed_option()
 @device_option()
@@ -163,13 +172,17 @@ def prune(
     no_calibrate,
     tie_qk,
     no_cleanup,
+    no_edges,
+    edge_steps,
+    edge_k_coef,
     no_validate,
     seed,
     device,
     force,
     quiet,
 ) -> None:
-    """Find the smallest circuit of a model for a task (learned node masks, mean ablation, bisection)."""
+    """Find the smallest circuit of a model for a task (learned node masks, mean ablation, bisection, greedy
+    clean-up, then learned edge masks inside the node circuit)."""
     from sparsecircuits.circuits.circuit_file import write_circuit
     from sparsecircuits.circuits.prune import PruneConfig
     from sparsecircuits.tasks import all_tasks as registry
@@ -198,6 +211,9 @@ def prune(
         calibrate=not no_calibrate,
         tie_qk=tie_qk,
         cleanup=not no_cleanup,
+        edges=not no_edges,
+        edge_steps=edge_steps,
+        edge_k_coef=edge_k_coef,
         seed=seed,
     ).validate()
     natural = {t: load_natural(prompts_file, t) for t in tasks}  # a malformed file fails before any work

@@ -164,18 +164,10 @@ def _matrix_edges(
     matrix: WeightMatrix,
     with_weights: bool,
 ) -> list[Edge]:
-    """Edges through one weight matrix, sorted by source index then row (q rows before k before v).
-
-    The nonzero entries of W restricted to circuit rows and columns, i.e. of
-    (W != 0) & dst_mask[:, None] & src_mask[None, :], found in the gathered submatrix so that the cost
-    follows the circuit's size rather than the matrix's.
-    """
+    """Edges through one weight matrix, sorted by source index then row (q rows before k before v)."""
     weight = _weight(params, cfg, layer, matrix).detach()
-    rows, cols = _end_indices(nodes, layer, matrix, weight.device)
-    sub = _submatrix(weight, rows, cols)  # [n_rows, n_cols]
-    sub_cols, sub_rows = (sub != 0).T.nonzero().unbind(1)  # transposed: sorted by source column first
-    values = sub[sub_rows, sub_cols].float().tolist() if with_weights else [None] * len(sub_rows)
-    cols, rows = cols[sub_cols], rows[sub_rows]  # back to matrix indices (still sorted: indices ascend)
+    rows, cols = _matrix_entries(weight, nodes, layer, matrix)
+    values = weight[rows, cols].float().tolist() if with_weights else [None] * len(rows)
     section_width = weight.shape[0] // len(matrix.dst)
     src_prefix = f"{layer}.{matrix.src}."
     dst_prefixes = [f"{layer}.{loc}." for loc in matrix.dst]
@@ -183,6 +175,49 @@ def _matrix_edges(
         (src_prefix + str(c), dst_prefixes[r // section_width] + str(r % section_width), w)
         for c, r, w in zip(cols.tolist(), rows.tolist(), values)
     ]
+
+
+def _matrix_entries(
+    weight: Tensor, nodes: NodeSet, layer: int, matrix: WeightMatrix
+) -> tuple[Tensor, Tensor]:
+    """(rows [E], cols [E]) in the matrix of its edges, sorted by column then row.
+
+    The nonzero entries of W restricted to circuit rows and columns, i.e. of
+    (W != 0) & dst_mask[:, None] & src_mask[None, :], found in the gathered submatrix so that the cost
+    follows the circuit's size rather than the matrix's.
+    """
+    rows, cols = _end_indices(nodes, layer, matrix, weight.device)
+    sub = _submatrix(weight, rows, cols)  # [n_rows, n_cols]
+    sub_cols, sub_rows = (sub != 0).T.nonzero().unbind(1)  # transposed: sorted by source column first
+    return rows[sub_rows], cols[sub_cols]  # back to matrix indices (still sorted: indices ascend)
+
+
+@dataclass
+class MatrixEdges:
+    """The edges of a circuit through one weight matrix, as entries of it."""
+
+    layer: int
+    matrix: WeightMatrix
+    rows: Tensor  # [E] row indices (dst sections stacked, as in the weight)
+    cols: Tensor  # [E] column indices (src channels)
+
+    @property
+    def module(self) -> str:
+        """The nn.Linear holding the weight, e.g. `transformer.h.0.attn.c_attn`."""
+        return f"transformer.h.{self.layer}.{self.matrix.param.removesuffix('.weight')}"
+
+
+def edge_entries(
+    params: Mapping[str, Tensor], cfg: ModelConfig, nodes: Mapping[str, Tensor]
+) -> list[MatrixEdges]:
+    """The circuit's edges per weight matrix, in the order `circuit_edges` lists them (layer, then matrix)."""
+    nodes = validate_nodes(nodes, cfg)
+    out = []
+    for layer in range(cfg.n_layer):
+        for matrix in MATRICES:
+            weight = _weight(params, cfg, layer, matrix).detach()
+            out.append(MatrixEdges(layer, matrix, *_matrix_entries(weight, nodes, layer, matrix)))
+    return out
 
 
 def _end_indices(

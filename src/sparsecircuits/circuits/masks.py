@@ -32,7 +32,41 @@ class HeavisideSTE(torch.autograd.Function):
         return grad * s * (1 - s) / ctx.temp, None
 
 
-class NodeMask(nn.Module):
+class Gates(nn.Module):
+    """Learned 0/1 gates over `n_units` units (nodes, tied pairs or edges): H(tau) forward, a sigmoid surrogate
+    backward. Subclasses say what a unit is and how its gate acts on the model."""
+
+    def __init__(self, n_units: int, init_bias: float, init_scale: float, temp: float, generator):
+        super().__init__()
+        self.temp = temp
+        tau = init_bias + init_scale * torch.randn(n_units, generator=generator)
+        self.tau = nn.Parameter(tau.clamp(-1, 1))
+
+    @property
+    def n_units(self) -> int:
+        return len(self.tau)
+
+    def expand(self, per_unit: Tensor) -> Tensor:
+        """A per-unit tensor spread to whatever the gates act on (the identity unless units are tied)."""
+        return per_unit
+
+    def gates(self) -> Tensor:
+        """Learned gates H(tau) with the surrogate gradient, in {0., 1.} (spread by `expand`)."""
+        return self.expand(HeavisideSTE.apply(self.tau, self.temp))
+
+    def top_k_gates(self, k: int) -> Tensor:
+        """Discrete gates keeping the k units with the largest tau (ties: lower index first)."""
+        order = torch.argsort(self.tau.detach(), descending=True, stable=True)
+        g = torch.zeros(self.n_units, device=self.tau.device)
+        g[order[:k]] = 1.0
+        return self.expand(g)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.tau.clamp_(-1, 1)
+
+
+class NodeMask(Gates):
     """One gate per node over the given locations, stored flat so ranking and counting are one tensor op.
 
     widths: location hook name -> width, in forward order. means: location -> [width] ablation values
@@ -52,20 +86,18 @@ class NodeMask(nn.Module):
         generator: torch.Generator | None = None,
         tie_qk: bool = False,
     ):
-        super().__init__()
-        self.strategy = get_ablation(ablation)
+        strategy = get_ablation(ablation)
         if ablation == "mean" and means is None:
             raise UserError("mean ablation needs mean activations")
-        self.locations = list(widths)
-        self.widths = [widths[k] for k in self.locations]
-        self.offsets = [0]
-        for w in self.widths:
-            self.offsets.append(self.offsets[-1] + w)
-        self.ablation, self.temp = ablation, temp
-        self.units = tied_units(self.locations, self.offsets) if tie_qk else None  # [n_nodes] or None
-        n = self.n_units
-        tau = init_bias + init_scale * torch.randn(n, generator=generator)
-        self.tau = nn.Parameter(tau.clamp(-1, 1))
+        locations = list(widths)
+        offsets = [0]
+        for loc in locations:
+            offsets.append(offsets[-1] + widths[loc])
+        units = tied_units(locations, offsets) if tie_qk else None  # [n_nodes] or None
+        n_units = offsets[-1] if units is None else int(units.max()) + 1
+        super().__init__(n_units, init_bias, init_scale, temp, generator)
+        self.strategy, self.ablation, self.units = strategy, ablation, units
+        self.locations, self.widths, self.offsets = locations, [widths[k] for k in locations], offsets
         mu = torch.zeros(self.n_nodes)
         if ablation == "mean":
             mu = torch.cat([means[k].float().reshape(-1) for k in self.locations])
@@ -81,37 +113,17 @@ class NodeMask(nn.Module):
     def n_nodes(self) -> int:
         return self.offsets[-1]
 
-    @property
-    def n_units(self) -> int:
-        """Independently gated units: nodes, or with tie_qk nodes and tied query/key pairs."""
-        return self.n_nodes if self.units is None else int(self.units.max()) + 1
-
     def unit_index(self) -> Tensor:
         """The unit of every node. Returns LongTensor [n_nodes]."""
         return torch.arange(self.n_nodes) if self.units is None else self.units
 
     def expand(self, per_unit: Tensor) -> Tensor:
-        """A per-unit tensor [n_units] spread to nodes [n_nodes]."""
+        """A per-unit tensor [n_units] spread to nodes [n_nodes] (tied units: both nodes of a pair)."""
         return per_unit if self.units is None else per_unit[self.units.to(per_unit.device)]
-
-    def gates(self) -> Tensor:
-        """Learned gates H(tau) with the surrogate gradient. Returns [n_nodes] in {0., 1.}."""
-        return self.expand(HeavisideSTE.apply(self.tau, self.temp))
 
     def split(self, flat: Tensor) -> dict[str, Tensor]:
         """Cut a flat [n_nodes] tensor into per-location pieces."""
         return {k: flat[a:b] for k, a, b in zip(self.locations, self.offsets[:-1], self.offsets[1:])}
-
-    def top_k_gates(self, k: int) -> Tensor:
-        """Discrete gates keeping the k units with the largest tau (ties: lower index first). [n_nodes]."""
-        order = torch.argsort(self.tau.detach(), descending=True, stable=True)
-        g = torch.zeros(self.n_units, device=self.mu.device)
-        g[order[:k]] = 1.0
-        return self.expand(g)
-
-    @torch.no_grad()
-    def clamp_(self) -> None:
-        self.tau.clamp_(-1, 1)
 
     def hooks(
         self, gates: Tensor, donors: dict[str, Tensor] | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -18,7 +19,8 @@ from tqdm import tqdm
 
 from sparsecircuits.circuits.ablations import DonorSource, make_donor_source
 from sparsecircuits.circuits.cleanup import clean_up
-from sparsecircuits.circuits.masks import NodeMask
+from sparsecircuits.circuits.edge_masks import EdgeMask
+from sparsecircuits.circuits.masks import Gates, NodeMask
 from sparsecircuits.circuits.scoring import Calibration, PromptSet, Score, gated_diff, score, task_loss
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import GPT
@@ -46,13 +48,16 @@ class PruneConfig:
     tie_qk: bool = False  # one gate per query/key channel pair (PAPER.md 5.1, fn 17)
     cleanup: bool = True  # greedy node removal after the bisection (circuits/cleanup.py)
     cleanup_max_nodes: int = 256  # larger circuits skip it (one forward per node and pass)
+    edges: bool = True  # learn edge gates inside the node circuit, then bisect them (circuits/edge_masks.py)
+    edge_steps: int = 200
+    edge_k_coef: float = 1e-4  # penalty per open edge
     seed: int = 0
 
     def validate(self) -> PruneConfig:
         if not self.target_loss > 0:
             raise UserError(f"target loss must be positive, got {self.target_loss}")
-        if self.steps < 1 or self.batch_pairs < 1:
-            raise UserError("steps and batch_pairs must be at least 1")
+        if self.steps < 1 or self.batch_pairs < 1 or self.edge_steps < 1:
+            raise UserError("steps, edge_steps and batch_pairs must be at least 1")
         if self.temp <= 0:
             raise UserError(f"temp must be positive, got {self.temp}")
         check_convention(self.loss_convention)
@@ -75,6 +80,8 @@ class PruneResult:
     bisection_gates: torch.Tensor | None = None  # [n_nodes] the circuit before the clean-up
     # node index -> loss with that node alone removed, measured by the clean-up's final pass (untied masks)
     removal_effects: dict[int, float] = field(default_factory=dict)
+    edge_mask: EdgeMask | None = None  # the edge stage's gates over the node circuit's edges, if it ran
+    edge_gates: torch.Tensor | None = None  # [n_edges] 0/1: the kept edges
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float) -> float:
@@ -87,38 +94,49 @@ def lr_factor(step: int, steps: int, warmup_frac: float) -> float:
 
 def train_mask(
     model: GPT,
-    mask: NodeMask,
+    mask: Gates,
     train: PromptSet,
     cfg: PruneConfig,
     progress: bool = True,
     donors: DonorSource | None = None,
+    diff: Callable[[torch.Tensor, PromptSet], torch.Tensor] | None = None,
+    k_coef: float | None = None,
+    steps: int | None = None,
 ) -> list[dict]:
     """Optimise the gates on batches of training pairs. Returns the logged history.
 
     donors: for the resample ablations, where each batch's ablated values come from (fresh every step).
+    diff: (gates, batch) -> correct-minus-wrong logit difference [N] of the gated model; by default the node
+    gates of `mask` on `model`. k_coef, steps: override the config's (the edge stage has its own).
     """
+    k_coef = cfg.k_coef if k_coef is None else k_coef
+    steps = cfg.steps if steps is None else steps
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(
         [mask.tau], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
     )
     n_prompts = min(len(train), 2 * cfg.batch_pairs)
     history: list[dict] = []
-    bar = tqdm(range(cfg.steps), desc="prune", disable=not progress, leave=False)
+    bar = tqdm(range(steps), desc="prune", disable=not progress, leave=False)
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_frac)
+            group["lr"] = cfg.lr * lr_factor(step, steps, cfg.warmup_frac)
         batch = train.subset(torch.randperm(len(train), generator=gen)[:n_prompts])
-        values = donors(batch.tokens, batch.last, mask.locations) if donors else None
         gates = mask.gates()
-        t_loss = task_loss(gated_diff(model, mask, gates, batch, values), cfg.loss_convention)
+        if diff is None:
+            values = donors(batch.tokens, batch.last, mask.locations) if donors else None
+            d = gated_diff(model, mask, gates, batch, values)
+        else:
+            d = diff(gates, batch)
+        t_loss = task_loss(d, cfg.loss_convention)
         active = gates.sum()
-        loss = t_loss + cfg.k_coef * active
+        loss = t_loss + k_coef * active
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([mask.tau], cfg.grad_clip)
         opt.step()
         mask.clamp_()
-        if step % 10 == 0 or step == cfg.steps - 1:
+        if step % 10 == 0 or step == steps - 1:
             history.append(
                 {"step": step, "task_loss": float(t_loss.detach()), "active": int(active.detach())}
             )
@@ -159,9 +177,24 @@ class Evaluator:
         )
 
 
-def bisect_nodes(evaluate: Evaluator, mask: NodeMask, target: float) -> tuple[int, Score, list[dict]]:
-    """Smallest k (top-k units by tau; a unit is a node, or a tied query/key pair) with loss <= target, by
-    bisection. hi always meets the target."""
+class EdgeEvaluator(Evaluator):
+    """Scores edge gate vectors: the node circuit `node_gates` of `nodes` with the closed edges ablated."""
+
+    def __init__(self, nodes: Evaluator, edges: EdgeMask, node_gates: torch.Tensor):
+        super().__init__(
+            nodes.model, edges, nodes.prompts, nodes.calibrated, nodes.convention, None, nodes.split
+        )
+        self.nodes, self.node_gates = nodes, node_gates
+
+    @torch.no_grad()
+    def diff(self, gates: torch.Tensor) -> torch.Tensor:
+        with self.mask.hooks(self.model, gates):
+            return self.nodes.diff(self.node_gates)
+
+
+def bisect_nodes(evaluate: Evaluator, mask: Gates, target: float) -> tuple[int, Score, list[dict]]:
+    """Smallest k (top-k units by tau; a unit is a node, a tied query/key pair or an edge) with loss <= target,
+    by bisection. hi always meets the target."""
     n = mask.n_units
     trace: list[dict] = []
 
@@ -242,6 +275,23 @@ def prune(
         }
     elif cfg.cleanup:
         stages["cleanup"] = {"skipped": f"more than {cfg.cleanup_max_nodes} nodes"}
+    edge_mask = edge_gates = None
+    if cfg.edges and not donors:
+        t1 = time.perf_counter()
+        edge_mask, edge_gates, edge_best, edge_trace = prune_edges(
+            model, mask, gates, train, evaluate, cfg, progress
+        )
+        if edge_gates is not None:
+            best = edge_best
+            history = history + [{"stage": "edges", **row} for row in edge_trace]
+        stages["edges"] = {
+            "nodes": int(gates.sum()),
+            "edges_before": edge_mask.n_edges,
+            "edges": int(edge_gates.sum()) if edge_gates is not None else edge_mask.n_edges,
+            "seconds": round(time.perf_counter() - t1, 2),
+        }
+    elif cfg.edges:
+        stages["edges"] = {"skipped": f"the {cfg.ablation} ablation has no fixed value to ablate an edge to"}
     seconds = time.perf_counter() - t0
     return PruneResult(
         mask,
@@ -257,4 +307,45 @@ def prune(
         stages,
         bisected,
         removal_effects,
+        edge_mask,
+        edge_gates,
     )
+
+
+def prune_edges(
+    model: GPT,
+    mask: NodeMask,
+    node_gates: torch.Tensor,
+    train: PromptSet,
+    evaluate: Evaluator,
+    cfg: PruneConfig,
+    progress: bool = True,
+) -> tuple[EdgeMask, torch.Tensor | None, Score | None, list[dict]]:
+    """The edge stage: learn a gate per edge of the node circuit `node_gates` [n_nodes] with a per-edge penalty,
+    then bisect on the number of kept edges for the fewest that meet the target on the validation prompts.
+
+    Returns (edge mask, kept-edge gates [n_edges] or None when the circuit has no edge, their score, the
+    training history followed by the bisection trace).
+    """
+    edges = EdgeMask(
+        model,
+        mask,
+        node_gates,
+        cfg.init_bias,
+        cfg.init_scale,
+        cfg.temp,
+        torch.Generator().manual_seed(cfg.seed),
+    ).to(node_gates.device)
+    if edges.n_edges == 0:
+        return edges, None, None, []
+
+    def diff(gates: torch.Tensor, batch: PromptSet) -> torch.Tensor:
+        with edges.hooks(model, gates):
+            return gated_diff(model, mask, node_gates, batch)
+
+    history = train_mask(
+        model, edges, train, cfg, progress, diff=diff, k_coef=cfg.edge_k_coef, steps=cfg.edge_steps
+    )
+    edge_eval = EdgeEvaluator(evaluate, edges, node_gates)
+    k, best, trace = bisect_nodes(edge_eval, edges, cfg.target_loss)
+    return edges, edges.top_k_gates(k), best, history + [{"bisection": row} for row in trace]

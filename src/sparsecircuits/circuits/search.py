@@ -62,7 +62,9 @@ def search(
         steps = max(1, base.steps // 2 ** (n_rungs - rung))
         results = []
         for cfg in survivors:
-            trial_cfg = dataclasses.replace(cfg, steps=steps, cleanup=cfg.cleanup and last)
+            trial_cfg = dataclasses.replace(
+                cfg, steps=steps, cleanup=cfg.cleanup and last, edges=cfg.edges and last
+            )
             res = prune(model, means, train, evaluation, trial_cfg, progress, pretraining)
             results.append((res, cfg))
             rows.append(

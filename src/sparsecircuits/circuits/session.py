@@ -186,6 +186,16 @@ def circuit_gates(circuit: dict, model) -> torch.Tensor:
     return torch.cat([nodes[loc].float() for loc in model.node_locations()])
 
 
+def circuit_edge_gates(circuit: dict, model, means, gates: torch.Tensor):
+    """The circuit's closed edges as fixed edge gates on `model` (edge_masks.EdgeGates), or None when the
+    file keeps every edge of its nodes. gates: [n_nodes] from circuit_gates."""
+    from sparsecircuits.circuits.edge_masks import stored_edge_gates
+    from sparsecircuits.circuits.masks import NodeMask
+
+    node_mask = NodeMask.for_model(model, means, circuit.get("ablation", "mean")).to(gates.device)
+    return stored_edge_gates(circuit, model, node_mask, gates)
+
+
 def validate_circuit(
     session: PruneSession,
     circuit: dict,
@@ -199,6 +209,7 @@ def validate_circuit(
     from sparsecircuits.circuits.validate import score_natural, validate
 
     gates = circuit_gates(circuit, session.model)
+    edges = circuit_edge_gates(circuit, session.model, session.means, gates)
     task = circuit["task"]["name"]
     hyper = (circuit.get("pruning") or {}).get("hyperparameters") or {}
     seed = int(hyper.get("seed", 0))
@@ -219,6 +230,7 @@ def validate_circuit(
         session.pretraining,
         n_random,
         seed,
+        edges,
     )
     if natural:
         natural_prompts = session.natural_prompts(task, natural)
@@ -232,5 +244,6 @@ def validate_circuit(
             ablation,
             session.pretraining,
             seed,
+            edges,
         )
     return result

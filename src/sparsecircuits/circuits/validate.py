@@ -11,9 +11,12 @@ RAW_ACCURACY_FLOOR is "sufficient only after calibration".
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from sparsecircuits.circuits.ablations import make_donor_source
+from sparsecircuits.circuits.edge_masks import EdgeGates
 from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.circuits.prune import Evaluator
 from sparsecircuits.circuits.scoring import Calibration, PromptSet, Score, fit_calibration
@@ -83,6 +86,7 @@ def validate(
     pretraining: str | None = None,
     n_random: int = 5,
     seed: int = 0,
+    edges: EdgeGates | None = None,
 ) -> dict:
     """Score the circuit `gates` [n_nodes] five ways on `test` (see docs/formats.md, "validation").
 
@@ -92,7 +96,9 @@ def validate(
     resample: nodes outside the circuit take their values from a clean forward of random pretraining windows
     at the same positions (`pretraining`, a token file) instead of their mean (App. E). full_model: nothing
     ablated. The validation prompts `val` only serve to fit the calibrations, which are then frozen.
+    edges: the circuit's closed edges (edge_masks.stored_edge_gates), ablated wherever the circuit runs alone.
     """
+    circuit_only = (lambda: edges.hooks(model)) if edges is not None else contextlib.nullcontext
 
     def scorer(kind: str) -> FrozenScorer:
         donors = make_donor_source(model, kind, pretraining, seed)
@@ -102,6 +108,9 @@ def validate(
     main = scorer(ablation)
     gen = torch.Generator().manual_seed(seed)
     randoms = [main(random_like(main.test.mask, gates, gen)) for _ in range(n_random)]
+    with circuit_only():
+        sufficiency = main(gates, circuit_calibration if calibrated else None).to_json()
+        resample = scorer("resample")(gates).to_json() if pretraining is not None else None
     result = {
         "split": "test",
         "n_prompts": len(test),
@@ -109,13 +118,13 @@ def validate(
         "chance": chance_loss(convention),
         "target_loss": target,
         "calibration_fitted_on": "val" if calibrated else "none",
-        "sufficiency": main(gates, circuit_calibration if calibrated else None).to_json(),
+        "sufficiency": sufficiency,
         "necessity": main(1.0 - gates).to_json(),
         "random": _summarise(randoms),
         "full_model": main(torch.ones_like(gates)).to_json(),
     }
-    if pretraining is not None:
-        result["resample"] = scorer("resample")(gates).to_json()
+    if resample is not None:
+        result["resample"] = resample
     result["verdict"] = sufficiency_verdict(result["sufficiency"], target)
     return result
 
@@ -131,16 +140,16 @@ def score_natural(
     ablation: str = "mean",
     pretraining: str | None = None,
     seed: int = 0,
+    edges: EdgeGates | None = None,
 ) -> dict:
     """The unpruned model and the circuit (with its frozen calibration) on prompts mined from real code.
 
-    pretraining, seed: the donors of a resample ablation, as in `validate`.
+    pretraining, seed: the donors of a resample ablation, as in `validate`; edges: as in `validate`.
     """
     mask = NodeMask.for_model(model, means, ablation)
     donors = make_donor_source(model, ablation, pretraining, seed)
     evaluate = Evaluator(model, mask, natural, False, convention, donors, split="natural")
-    return {
-        "n_prompts": len(natural),
-        "full_model": evaluate(torch.ones_like(gates)).to_json(),
-        "circuit": evaluate(gates, circuit_calibration).to_json(),
-    }
+    full = evaluate(torch.ones_like(gates)).to_json()
+    with edges.hooks(model) if edges is not None else contextlib.nullcontext():
+        circuit = evaluate(gates, circuit_calibration).to_json()
+    return {"n_prompts": len(natural), "full_model": full, "circuit": circuit}
