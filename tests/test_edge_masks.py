@@ -149,7 +149,9 @@ def test_edge_pruning_recovers_the_planted_edges(tmp_path):
     )
     evaluate = Evaluator(model, mask, planted_prompts(128, 1), False, cfg.loss_convention)
     assert evaluate(gates).loss <= cfg.target_loss
-    edges, kept, best, _ = prune_edges(model, mask, gates, planted_prompts(256, 0), evaluate, cfg, False)
+    edges, kept, best, _ = prune_edges(
+        model, mask, gates, planted_prompts(256, 0), evaluate, cfg, cfg.target_loss, False
+    )
     assert edges.n_edges == 6  # the 4 planted edges and the 2 noise edges from read channel 2
     assert {(s, d) for s, d, _ in edges.edges(model, kept)} == PLANTED_EDGES
     assert best.loss <= cfg.target_loss

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from sparsecircuits.circuits.scoring import Score
+from sparsecircuits.circuits.scoring import Score, Target, as_target
 
 
 @dataclass
@@ -33,7 +33,11 @@ class CleanupResult:
 
 
 def clean_up(
-    evaluate, gates: torch.Tensor, target: float, units: torch.Tensor | None = None, progress: bool = True
+    evaluate,
+    gates: torch.Tensor,
+    target: float | Target,
+    units: torch.Tensor | None = None,
+    progress: bool = True,
 ) -> CleanupResult:
     """Greedy removal until no single node (or tied unit) can go; at least one stays. gates: [n_nodes] 0/1
     meeting the target.
@@ -42,13 +46,12 @@ def clean_up(
     nodes are tied (tied query/key channels go together), else every node is its own unit.
     """
     t0 = time.perf_counter()
+    target = as_target(target)
     units = torch.arange(len(gates)) if units is None else units.cpu()
     gates = gates.clone()
     best = evaluate(gates)
-    if best.loss > target:
-        raise ValueError(
-            f"clean-up needs a circuit that meets its target (loss {best.loss:.4f} > {target:g})"
-        )
+    if not target.met_by(best):
+        raise ValueError(f"clean-up needs a circuit that meets its target ({best.loss:.4f}, {target})")
     before = int(gates.sum())
     passes = []
 
@@ -64,13 +67,15 @@ def clean_up(
         effects = {u: s.loss for s, u in scored}
         removed = 0
         for first, u in scored:
-            if first.loss > target:
+            if first.loss > target.loss:
                 break  # sorted: every later node, measured against this pass's start, fails as well
+            if first.accuracy_raw < target.min_raw_accuracy:
+                continue
             candidate = drop(gates, u)
             if not candidate.any():
                 break  # a circuit keeps at least one node (a target at or above chance is met by none)
             s = evaluate(candidate) if removed else first  # against the removals already made this pass
-            if s.loss <= target:
+            if target.met_by(s):
                 gates, best, removed = candidate, s, removed + 1
         passes.append(
             {"pass": len(passes) + 1, "tried": len(scored), "removed": removed, "nodes": int(gates.sum())}

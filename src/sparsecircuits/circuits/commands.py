@@ -133,6 +133,14 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
 @shown_option("--eval-pairs", 64, count(1, MAX_PAIRS), "Fixed validation pairs for the bisection.")
 @shown_option("--mean-windows", 64, count(1, MAX_WINDOWS), "Pretraining windows for mean activations.")
 @click.option("--no-calibrate", is_flag=True, help="Compare the uncalibrated loss with the target.")
+@click.option(
+    "--min-raw-accuracy",
+    default=0.9,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="The circuit must also answer this share of the validation prompts right before calibration "
+    "(capped at the full model's own; 0: off).",
+)
 @click.option("--tie-qk", is_flag=True, help="One mask per query/key channel pair (PAPER.md 5.1).")
 @click.option(
     "--no-cleanup", is_flag=True, help="Skip the greedy node removal after the bisection (docs/circuits.md)."
@@ -170,6 +178,7 @@ def prune(
     eval_pairs,
     mean_windows,
     no_calibrate,
+    min_raw_accuracy,
     tie_qk,
     no_cleanup,
     no_edges,
@@ -209,6 +218,7 @@ def prune(
         lr=lr,
         batch_pairs=batch_pairs,
         calibrate=not no_calibrate,
+        min_raw_accuracy=min_raw_accuracy,
         tie_qk=tie_qk,
         cleanup=not no_cleanup,
         edges=not no_edges,

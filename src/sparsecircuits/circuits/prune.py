@@ -21,7 +21,16 @@ from sparsecircuits.circuits.ablations import DonorSource, make_donor_source
 from sparsecircuits.circuits.cleanup import clean_up
 from sparsecircuits.circuits.edge_masks import EdgeMask
 from sparsecircuits.circuits.masks import Gates, NodeMask
-from sparsecircuits.circuits.scoring import Calibration, PromptSet, Score, gated_diff, score, task_loss
+from sparsecircuits.circuits.scoring import (
+    Calibration,
+    PromptSet,
+    Score,
+    Target,
+    as_target,
+    gated_diff,
+    score,
+    task_loss,
+)
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import GPT
 from sparsecircuits.tasks.evaluate import DEFAULT_CONVENTION, check_convention
@@ -45,6 +54,8 @@ class PruneConfig:
     temp: float = 1.0  # heaviside_temp
     grad_clip: float = 1.0
     calibrate: bool = True
+    # The circuit must also answer right before calibration on this share of the validation prompts (0: off)
+    min_raw_accuracy: float = 0.9
     tie_qk: bool = False  # one gate per query/key channel pair (PAPER.md 5.1, fn 17)
     cleanup: bool = True  # greedy node removal after the bisection (circuits/cleanup.py)
     cleanup_max_nodes: int = 256  # larger circuits skip it (one forward per node and pass)
@@ -60,6 +71,8 @@ class PruneConfig:
             raise UserError("steps, edge_steps and batch_pairs must be at least 1")
         if self.temp <= 0:
             raise UserError(f"temp must be positive, got {self.temp}")
+        if not 0.0 <= self.min_raw_accuracy <= 1.0:
+            raise UserError(f"min_raw_accuracy must be in [0, 1], got {self.min_raw_accuracy}")
         check_convention(self.loss_convention)
         return self
 
@@ -192,9 +205,10 @@ class EdgeEvaluator(Evaluator):
             return self.nodes.diff(self.node_gates)
 
 
-def bisect_nodes(evaluate: Evaluator, mask: Gates, target: float) -> tuple[int, Score, list[dict]]:
-    """Smallest k (top-k units by tau; a unit is a node, a tied query/key pair or an edge) with loss <= target,
-    by bisection. hi always meets the target."""
+def bisect_nodes(evaluate: Evaluator, mask: Gates, target: float | Target) -> tuple[int, Score, list[dict]]:
+    """Smallest k (top-k units by tau; a unit is a node, a tied query/key pair or an edge) that meets the target
+    (a loss, or a scoring.Target), by bisection. hi always meets it (all units kept: the caller checks)."""
+    target = as_target(target)
     n = mask.n_units
     trace: list[dict] = []
 
@@ -208,14 +222,14 @@ def bisect_nodes(evaluate: Evaluator, mask: Gates, target: float) -> tuple[int, 
     on = int((mask.tau > 0).sum())
     if 0 < on < n:  # start from the trained mask's own size: usually close, and halves the search
         s = at(on)
-        if s.loss <= target:
+        if target.met_by(s):
             hi, best = on, s
         else:
             lo = on
     while hi - lo > 1:
         mid = (lo + hi) // 2
         s = at(mid)
-        if s.loss <= target:
+        if target.met_by(s):
             hi, best = mid, s
         else:
             lo = mid
@@ -257,15 +271,17 @@ def prune(
             f"target loss {cfg.target_loss:g} ({cfg.loss_convention}) is out of reach: the unpruned model's "
             f"task loss is {full.loss:.4f}"
         )
+    # a circuit need not answer better than the model it came from
+    target = Target(cfg.target_loss, min(cfg.min_raw_accuracy, full.accuracy_raw))
     history = train_mask(model, mask, train, cfg, progress, donors)
-    k, best, trace = bisect_nodes(evaluate, mask, cfg.target_loss)
+    k, best, trace = bisect_nodes(evaluate, mask, target)
     gates = bisected = mask.top_k_gates(k)
     if not math.isfinite(best.loss):
         raise UserError("pruning diverged: non-finite task loss")
     stages = {"bisection": {"nodes": int(gates.sum()), "seconds": round(time.perf_counter() - t0, 2)}}
     removal_effects: dict[int, float] = {}
     if cfg.cleanup and int(gates.sum()) <= cfg.cleanup_max_nodes:
-        cleaned = clean_up(evaluate, gates, cfg.target_loss, mask.unit_index(), progress)
+        cleaned = clean_up(evaluate, gates, target, mask.unit_index(), progress)
         gates, best = cleaned.gates, cleaned.score
         removal_effects = cleaned.effects if mask.units is None else {}  # a tied unit is not one node
         stages["cleanup"] = {
@@ -279,7 +295,7 @@ def prune(
     if cfg.edges and not donors:
         t1 = time.perf_counter()
         edge_mask, edge_gates, edge_best, edge_trace = prune_edges(
-            model, mask, gates, train, evaluate, cfg, progress
+            model, mask, gates, train, evaluate, cfg, target, progress
         )
         if edge_gates is not None:
             best = edge_best
@@ -319,6 +335,7 @@ def prune_edges(
     train: PromptSet,
     evaluate: Evaluator,
     cfg: PruneConfig,
+    target: float | Target,
     progress: bool = True,
 ) -> tuple[EdgeMask, torch.Tensor | None, Score | None, list[dict]]:
     """The edge stage: learn a gate per edge of the node circuit `node_gates` [n_nodes] with a per-edge penalty,
@@ -347,5 +364,5 @@ def prune_edges(
         model, edges, train, cfg, progress, diff=diff, k_coef=cfg.edge_k_coef, steps=cfg.edge_steps
     )
     edge_eval = EdgeEvaluator(evaluate, edges, node_gates)
-    k, best, trace = bisect_nodes(edge_eval, edges, cfg.target_loss)
+    k, best, trace = bisect_nodes(edge_eval, edges, target)
     return edges, edges.top_k_gates(k), best, history + [{"bisection": row} for row in trace]

@@ -86,6 +86,24 @@ def gated_diff(
 
 
 @dataclass(frozen=True)
+class Target:
+    """What a circuit must reach on the validation prompts: a loss (calibrated unless calibration is off), and
+    optionally a raw accuracy, so that the circuit answers right before any rescaling (validate.RAW_ACCURACY_FLOOR
+    is the floor a "sufficient" verdict asks of the test split)."""
+
+    loss: float
+    min_raw_accuracy: float = 0.0
+
+    def met_by(self, s: Score) -> bool:
+        return s.loss <= self.loss and s.accuracy_raw >= self.min_raw_accuracy
+
+
+def as_target(target: float | Target) -> Target:
+    """A bare number is a loss target with no accuracy floor."""
+    return target if isinstance(target, Target) else Target(float(target))
+
+
+@dataclass(frozen=True)
 class Calibration:
     """The affine map a * d_A + b of the A-vs-B logit difference; a >= 0. Identity by default."""
 

@@ -46,7 +46,9 @@ from sparsecircuits.errors import UserError, reject_unknown_keys
 from sparsecircuits.io import atomic_write_json, atomic_write_text, read_json
 
 MODEL_KEYS = {"name", "preset", "dense", "set", "run", "stop_at_loss", "match_loss_of"}
-PRUNE_KEYS = {"steps", "budget", "train_pairs", "eval_pairs"}
+PRUNE_INT_KEYS = {"steps", "budget", "train_pairs", "eval_pairs"}
+PRUNE_BOOL_KEYS = {"cleanup", "edges"}  # the clean-up and edge stages (both on by default, as in `prune`)
+PRUNE_KEYS = PRUNE_INT_KEYS | PRUNE_BOOL_KEYS | {"min_raw_accuracy"}
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a plain folder name: never a path
 
 
@@ -139,9 +141,15 @@ def check_values(raw: dict[str, Any], where: str) -> None:
         raise UserError(
             f"{where}: prune: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(PRUNE_KEYS))})"
         )
-    bad = [k for k, v in prune.items() if not _positive_int(v)]
+    bad = [k for k, v in prune.items() if k in PRUNE_INT_KEYS and not _positive_int(v)]
     if bad:
         raise UserError(f"{where}: prune.{bad[0]} must be a positive integer, got {prune[bad[0]]!r}")
+    bad = [k for k, v in prune.items() if k in PRUNE_BOOL_KEYS and not isinstance(v, bool)]
+    if bad:
+        raise UserError(f"{where}: prune.{bad[0]} must be true or false, got {prune[bad[0]]!r}")
+    floor = prune.get("min_raw_accuracy", 0.9)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+        raise UserError(f"{where}: prune.min_raw_accuracy must be a number in [0, 1], got {floor!r}")
 
 
 @dataclass
@@ -266,7 +274,14 @@ def prune_cells(cfg: FrontierConfig, m: dict, path: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     session = None
     p = {"steps": 300, "budget": 1, "train_pairs": 256, "eval_pairs": 128, **cfg.prune}
-    pcfg = PruneConfig(target_loss=cfg.target_loss, steps=p["steps"], loss_convention=cfg.loss_convention)
+    pcfg = PruneConfig(
+        target_loss=cfg.target_loss,
+        steps=p["steps"],
+        loss_convention=cfg.loss_convention,
+        cleanup=p.get("cleanup", True),
+        edges=p.get("edges", True),
+        min_raw_accuracy=p.get("min_raw_accuracy", 0.9),
+    )
     for task in cfg.tasks:
         cell = cfg.out / "cells" / m["name"] / f"{task}.json"
         if cell.is_file():
