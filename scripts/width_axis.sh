@@ -29,5 +29,5 @@ for w in ${WIDTHS:-w128 w256 w384}; do
 done
 for w in ${WIDTHS:-w128 w256 w384}; do
   # shellcheck disable=SC2086
-  run "dense-$w" $COMMON --dense --set train.steps=3000 --match-loss "$OUT/$w"
+  run "dense-$w" $COMMON --dense --set train.steps=3000 --set train.eval_every=50 --match-loss "$OUT/$w"
 done
