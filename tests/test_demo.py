@@ -40,10 +40,45 @@ def test_demo_smoke(tmp_path):
             assert circuit["achieved"]["loss"] <= summary["targets"][task] and "validation" in circuit
             assert circuit["loss_convention"] == "pair-sum" and circuit["validation"]["verdict"]
     assert (cfg.out / "natural.jsonl").is_file()
+    described = check_smallest_circuit_explained(cfg.out, summary, report.read_text())
     # a rerun resumes: every stage is found complete and nothing is retrained
     before = (cfg.out / "sparse" / "model.safetensors").stat().st_mtime_ns
     run_demo(DemoConfig(**{**cfg.__dict__, "timings": {}}))
     assert (cfg.out / "sparse" / "model.safetensors").stat().st_mtime_ns == before
+    rerun = json.loads(Path(summary["smallest_circuit"]["path"]).read_text())
+    assert rerun["descriptions"] == described["descriptions"]  # the labels are not computed again
+
+
+def check_smallest_circuit_explained(out: Path, summary: dict, html: str) -> dict:
+    """The sparse circuit with the fewest edges (then nodes) has describe labels in its file, and the report
+    draws it (inline SVG) and holds its `explain` text. Returns the chosen circuit file's contents."""
+    from html import escape
+    from xml.sax.saxutils import escape as xml_escape
+
+    from sparsecircuits.circuits.explain import explain_text
+    from sparsecircuits.viewer.svg import SHORT_LABEL_MAX_NODES, short_label
+
+    sizes = {}
+    for task in summary["tasks_pruned"]:
+        c = json.loads((out / "circuits" / "sparse" / f"{task}.circuit.json").read_text())
+        sizes[task] = (c["counts"]["edges"], c["counts"]["nodes"])
+    chosen = summary["smallest_circuit"]
+    assert chosen["kind"] == "sparse" and chosen["task"] == min(sizes, key=sizes.get)
+    assert (chosen["edges"], chosen["nodes"]) == sizes[chosen["task"]]
+    circuit = json.loads(Path(chosen["path"]).read_text())
+    labels = [circuit["node_info"][n]["label"] for n in circuit["nodes"]]
+    assert all(isinstance(label, str) for label in labels) and any(labels)
+    assert chosen["labelled_nodes"] == sum(map(bool, labels)) and "describe_error" not in chosen
+    assert circuit["descriptions"]["prompts"]["task"] == chosen["task"]
+    section = html[html.index("<h2>The smallest circuit, explained</h2>") : html.index("<h2>Timings</h2>")]
+    svg = section[section.index("<svg") : section.index("</svg>")]
+    assert f"{chosen['task']} circuit" in svg and svg.count("<circle") == len(circuit["nodes"])
+    if len(labels) <= SHORT_LABEL_MAX_NODES:
+        assert all(xml_escape(short_label(label)) in svg for label in labels if label)
+    else:
+        assert all(xml_escape(label) in svg for label in labels if label)  # in the tooltips
+    assert f"<pre class='explain'>{escape(explain_text(circuit))}</pre>" in section
+    return circuit
 
 
 # ---- shipped demo models ------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ class DemoConfig:
     natural_per_task: int = 128
     natural_max_files: int = 2000  # about 45 s of CPU; a rare task may get fewer than natural_per_task
     natural_sources: tuple[Path, ...] = ()  # default: tasks.mine.default_natural_sources()
+    describe_windows: int = 256  # pretraining windows `describe` reads for the smallest circuit's labels
+    describe_pairs: int = 64
     device: str = "auto"
     force: bool = False
     timings: dict[str, float] = field(default_factory=dict)
@@ -264,6 +266,77 @@ def prune_tasks(
     return out
 
 
+def smallest_circuit(circuits: dict[str, dict[str, dict]], kind: str = "sparse") -> str | None:
+    """The task of `kind`'s smallest reached circuit: fewest edges, then fewest nodes, then task order."""
+    reached = [t for t, c in circuits.get(kind, {}).items() if "counts" in c]
+    if not reached:
+        return None
+    return min(
+        reached, key=lambda t: (circuits[kind][t]["counts"]["edges"], circuits[kind][t]["counts"]["nodes"])
+    )
+
+
+def is_described(circuit: dict) -> bool:
+    """Every node has a describe label in node_info."""
+    info = circuit.get("node_info") if isinstance(circuit.get("node_info"), dict) else {}
+    return all(isinstance((info.get(n) or {}).get("label"), str) for n in circuit["nodes"])
+
+
+def describe_circuit(cfg: DemoConfig, run_dir: Path, circuit: dict) -> dict:
+    """The circuit with describe labels for its nodes, computed as `sparsecircuits describe` does (same
+    functions and settings: the task's validation prompts under the pruning seed, val.bin windows)."""
+    from sparsecircuits.circuits.describe import add_descriptions, describe_nodes
+    from sparsecircuits.circuits.session import pick_device, pretraining_data, task_prompts
+    from sparsecircuits.run import load_run
+
+    run = load_run(run_dir, pick_device(cfg.device))
+    tokens = pretraining_data(run).val_bin
+    task = circuit["task"]["name"]
+    seed = int(((circuit.get("pruning") or {}).get("hyperparameters") or {}).get("seed", 0))
+    prompts = task_prompts(run, task, cfg.describe_pairs, "val", seed)
+    described = describe_nodes(run.model, run.tokenizer, circuit, tokens, prompts, cfg.describe_windows)
+    meta = {
+        "windows": cfg.describe_windows,
+        "data": str(tokens),
+        "prompts": {"task": task, "split": "val", "pairs": cfg.describe_pairs, "seed": seed},
+    }
+    return add_descriptions(circuit, described, meta)
+
+
+def describe_smallest(
+    cfg: DemoConfig, runs: dict[str, Path], circuits: dict[str, dict[str, dict]]
+) -> dict | None:
+    """Label the nodes of the sparse model's smallest circuit in its file (atomically; skipped when it already
+    has labels), for the report's drawing and explanation. Returns what report.json records of the choice,
+    None when no sparse circuit was reached. A describe failure is recorded, not raised."""
+    from sparsecircuits.circuits.circuit_file import write_circuit
+
+    task = smallest_circuit(circuits)
+    if task is None:
+        return None
+    path = cfg.out / "circuits" / "sparse" / f"{task}.circuit.json"
+    circuit = circuits["sparse"][task]
+    chosen: dict = {
+        "kind": "sparse",
+        "task": task,
+        "path": str(path),
+        **{k: circuit["counts"][k] for k in ("nodes", "edges")},
+    }
+    if not is_described(circuit):
+        with stage(cfg, f"describing the smallest sparse circuit ({task}, {chosen['edges']} edges)"):
+            try:
+                circuit = describe_circuit(cfg, runs["sparse"], circuit)
+            except UserError as e:
+                chosen["describe_error"] = str(e)
+                click.echo(f"    not described: {e}", err=True)
+            else:
+                write_circuit(path, circuit)
+                circuits["sparse"][task] = circuit
+    info = circuit.get("node_info") if isinstance(circuit.get("node_info"), dict) else {}
+    chosen["labelled_nodes"] = sum(1 for n in circuit["nodes"] if (info.get(n) or {}).get("label"))
+    return chosen
+
+
 def check_models_kind(cfg: DemoConfig) -> None:
     """Refuse to resume a demo whose models came from elsewhere (shipped vs trained, or another preset):
     its corpus and runs would be mixed with the new ones."""
@@ -327,8 +400,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     targets = {t: task_target(cfg, evals, t) for t in tasks}
     natural = mine_natural(cfg, tasks)
     circuits = prune_tasks(cfg, runs, tasks, targets, natural)
+    smallest = describe_smallest(cfg, runs, circuits)
     cfg.timings["total"] = round(time.perf_counter() - t0, 1)
-    report = write_demo_report(cfg, runs, evals, tasks, circuits, targets)
+    report = write_demo_report(cfg, runs, evals, tasks, circuits, targets, smallest)
     click.echo("\n".join(final_table(cfg, tasks, circuits, targets)))
     say(f"report: {report}")
     say(f"browse the circuits: sparsecircuits view {cfg.out}")

@@ -19,7 +19,8 @@ h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.ok{color:#11772d}.bad{color:#b00020}
 code{background:#f4f4f4;padding:1px 4px;border-radius:3px}.figs img{max-width:49%;vertical-align:top}
-.note{color:#555;font-size:.9em}
+.note{color:#555;font-size:.9em}.drawing{overflow-x:auto}
+pre.explain{white-space:pre-wrap}pre{background:#f8fafc;border:1px solid #e2e8f0;padding:.6em;overflow-x:auto;font-size:.8em;line-height:1.35}
 """
 
 
@@ -57,9 +58,16 @@ def _edges(c: dict) -> int | None:
 
 
 def write_demo_report(
-    cfg, runs: dict[str, Path], evals: dict, tasks: list[str], circuits: dict, targets: dict[str, float]
+    cfg,
+    runs: dict[str, Path],
+    evals: dict,
+    tasks: list[str],
+    circuits: dict,
+    targets: dict[str, float],
+    smallest: dict | None = None,
 ) -> Path:
-    """OUT/report.html and OUT/report.json for the demo."""
+    """OUT/report.html and OUT/report.json for the demo. smallest: the circuit chosen to be explained
+    (demo.describe_smallest: kind, task, path, nodes, edges, ...), None when no sparse circuit was reached."""
     metrics = {k: read_metrics(p) for k, p in runs.items()}
     bigram = next(
         (r.get("bigram_val_loss") for r in metrics.get("sparse", []) if r.get("bigram_val_loss")), None
@@ -83,6 +91,7 @@ def write_demo_report(
         "circuits": {
             k: {t: circuit_summary(c) if "counts" in c else c for t, c in circuits[k].items()} for k in runs
         },
+        "smallest_circuit": smallest,
     }
     atomic_write_json(cfg.out / "report.json", summary)
 
@@ -128,6 +137,7 @@ def write_demo_report(
         rows.append(row)
     parts.append(table(["task"] + [f"{k} {m}" for k in runs for m in ("loss", "accuracy")], rows))
     parts.append(_circuits_section(cfg, runs, tasks, circuits, both, gm, ratio, targets))
+    parts.append(smallest_section(circuits, smallest))
     parts.append("<h2>Timings</h2>" + table(["stage", "seconds"], [[k, v] for k, v in cfg.timings.items()]))
     parts.append(f"<p>Browse the circuits: <code>sparsecircuits view {escape(str(cfg.out))}</code></p>")
     path = cfg.out / "report.html"
@@ -204,4 +214,40 @@ def _circuits_section(cfg, runs, tasks, circuits, both, gm, ratio, targets) -> s
         out.append(
             "<h3>Task loss against circuit size (bisection)</h3><div class='figs'>" + "".join(figs) + "</div>"
         )
+    return "".join(out)
+
+
+def smallest_section(circuits: dict, smallest: dict | None) -> str:
+    """The section "The smallest circuit, explained": its drawing (viewer/svg.py, inline, describe labels shown) and the
+    `explain` text (mechanism sentences, then the nodes layer by layer) in a <pre> block."""
+    from sparsecircuits.circuits.explain import explain_text
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.viewer.export import circuit_title, export_svg
+
+    out = ["<h2>The smallest circuit, explained</h2>"]
+    if smallest is None:
+        out.append("<p>No sparse-model circuit reached its target, so there is no circuit to explain.</p>")
+        return "".join(out)
+    circuit = circuits[smallest["kind"]][smallest["task"]]
+    path = escape(smallest["path"])
+    out.append(
+        f"<p>The {escape(smallest['kind'])} model's circuit for <b>{escape(smallest['task'])}</b> "
+        f"({smallest['nodes']} nodes, {smallest['edges']} edges), the fewest edges of its circuits. Node labels "
+        f"come from <code>sparsecircuits describe</code> (what each node fires on in pretraining text and how it "
+        f"differs between the task's two prompt kinds), stored in <code>{path}</code>; hover over a node for its "
+        f"whole label. <code>sparsecircuits explain {path} --format md</code> prints the same text as "
+        "Markdown.</p>"
+    )
+    if smallest.get("describe_error"):
+        out.append(
+            f"<p class='bad'>Its nodes could not be described: {escape(smallest['describe_error'])}. "
+            "The drawing and the explanation show its structure only.</p>"
+        )
+    try:
+        svg, text = export_svg(circuit, circuit_title(circuit)), explain_text(circuit)
+    except UserError as e:
+        out.append(f"<p class='bad'>It cannot be drawn or explained: {escape(str(e))}.</p>")
+        return "".join(out)
+    out.append(f"<div class='drawing'>{svg}</div>")
+    out.append(f"<pre class='explain'>{escape(text)}</pre>")
     return "".join(out)

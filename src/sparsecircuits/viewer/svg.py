@@ -3,7 +3,8 @@
 Looks like the browser view (static/graph.js draws the same layout with the same palette, which both read
 from the graph JSON's `locations`, i.e. the table in model/locations.py): blue edges
 are positive weights, red negative, width grows with |weight|; residual links are faint dashed lines;
-dotted arcs join the query and key channels of a QK pair.
+dotted arcs join the query and key channels of a QK pair. A node's `describe` label (node_info, circuits/
+describe.py) is in its tooltip; a small described circuit also shows the label's first words under each node.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from xml.sax.saxutils import escape, quoteattr
 POSITIVE, NEGATIVE, UNSIGNED = "#2563eb", "#dc2626", "#64748b"
 FONT = "system-ui, -apple-system, 'Segoe UI', sans-serif"
 HEADER = 44
+SHORT_LABEL_MAX_NODES = 40  # above this many nodes, describe labels are in the tooltips only
+SHORT_LABEL_CHARS = 15  # visible labels alternate between two lines, so two slots (2 * graph.DX) hold one
 
 
 def edge_width(w: float | None, max_abs: float) -> float:
@@ -40,10 +43,45 @@ def select_edges(graph: dict[str, Any], min_abs: float = 0.0, max_edges: int = 2
     return kept[:max_edges]
 
 
+def describe_label(node: dict[str, Any]) -> str:
+    """The node's `describe` label ("" when it has none)."""
+    label = node["info"].get("label")
+    return label if isinstance(label, str) else ""
+
+
+# describe.pretraining_phrase's wording, shortened for the drawing (the subtitle gives the key)
+_SHORTER = (
+    ("fires on mixed tokens, most ", "~"),
+    ("negative on mixed tokens, most ", "\u2212~"),
+    ("fires on ", ""),
+    ("negative on ", "\u2212"),
+    ("silent on pretraining text", "silent"),
+)
+
+
+def short_label(label: str, max_chars: int = SHORT_LABEL_CHARS) -> str:
+    """The first phrase of a describe label, shortened ('negative on identifier tokens' -> '-identifier',
+    'fires on mixed tokens, most ','' -> '~','') and cut to max_chars with an ellipsis."""
+    text = label.split("; ", 1)[0].strip()
+    for long, short in _SHORTER:
+        if text.startswith(long):
+            text = short + text[len(long) :]
+            break
+    text = text.removesuffix(" tokens")
+    return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "\u2026"
+
+
+def shows_short_labels(graph: dict[str, Any]) -> bool:
+    """Visible short labels: a described circuit of at most SHORT_LABEL_MAX_NODES nodes."""
+    nodes = graph["nodes"]
+    return len(nodes) <= SHORT_LABEL_MAX_NODES and any(describe_label(n) for n in nodes)
+
+
 def render_svg(graph: dict[str, Any], title: str = "", min_abs: float = 0.0, max_edges: int = 2000) -> str:
     """The whole SVG document as a string; every text is XML-escaped."""
     width, height = graph["width"], graph["height"] + HEADER
     edges = select_edges(graph, min_abs, max_edges)
+    short = shows_short_labels(graph)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family={quoteattr(FONT)}>',
@@ -56,6 +94,7 @@ def render_svg(graph: dict[str, Any], title: str = "", min_abs: float = 0.0, max
         *_edges(graph, edges),
         *_qk_arcs(graph),
         *_nodes(graph),
+        *(_short_labels(graph) if short else []),
         "</g></svg>",
     ]
     return "\n".join(parts) + "\n"
@@ -64,7 +103,10 @@ def render_svg(graph: dict[str, Any], title: str = "", min_abs: float = 0.0, max
 def _subtitle(graph: dict[str, Any], edges: list[list[Any]]) -> str:
     n_edges = len(graph["edges"])
     shown = f"{len(edges)} of {n_edges} edges shown" if len(edges) < n_edges else f"{n_edges} edges"
-    return f"{len(graph['nodes'])} nodes, {shown}; blue positive, red negative weight; width |weight|"
+    text = f"{len(graph['nodes'])} nodes, {shown}; blue positive, red negative weight; width |weight|"
+    if shows_short_labels(graph):
+        text += "; teal: what a node fires on (\u2212 negative, ~ mostly)"
+    return text
 
 
 def _bands(graph: dict[str, Any]) -> list[str]:
@@ -137,11 +179,32 @@ def _nodes(graph: dict[str, Any]) -> list[str]:
         colour = loc.get("colour", "#334155")
         fill = "#ffffff" if loc.get("hollow") else colour
         effect = n["info"].get("ablation_effect")
-        title = n["display"] + ("" if effect is None else f" (ablation effect {effect:.4g})")
+        label = describe_label(n)
+        title = n["display"] + (f": {label}" if label else "")
+        title += "" if effect is None else f" (ablation effect {effect:.4g})"
         out.append(
             f'<g><title>{escape(title)}</title><circle cx="{n["x"]:.1f}" cy="{n["y"]:.1f}" r="7" '
             f'fill="{fill}" stroke="{colour}" stroke-width="2"/>'
             f'<text x="{n["x"]:.1f}" y="{n["y"] + 19:.1f}" font-size="9" text-anchor="middle" '
             f'fill="#334155">{escape(n["label"])}</text></g>'
         )
+    return out
+
+
+def _short_labels(graph: dict[str, Any]) -> list[str]:
+    """The describe label's first words under each described node; neighbours in a row alternate between two
+    lines, so a label may be about two node slots wide."""
+    rows: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for n in graph["nodes"]:
+        rows.setdefault((n["layer"], n["row"]), []).append(n)
+    out = []
+    for members in rows.values():
+        for i, n in enumerate(sorted(members, key=lambda m: m["x"])):
+            label = describe_label(n)
+            if label:
+                out.append(
+                    f'<text x="{n["x"]:.1f}" y="{n["y"] + 28 + 8 * (i % 2):.1f}" font-size="8" '
+                    f'text-anchor="middle" fill="#0f766e" stroke="#ffffff" stroke-width="2.5" paint-order="stroke">'
+                    f"{escape(short_label(label))}</text>"
+                )
     return out
