@@ -1,0 +1,107 @@
+"""Sweep the pruning defaults (docs/circuits.md, "Choosing the defaults"): settings x tasks x models.
+
+Each cell prunes one task in one model with one setting (mask training + bisection; the clean-up and edge
+stages as given) and records the circuit size, the validation loss that met the target and the seconds; with
+--validate also the test-split verdict. Prints a table (median nodes and edges per setting over the reached
+cells, and how many cells each setting reached) and writes JSON. Cells are cached in the JSON, so a rerun with
+the same --out continues where a killed one stopped.
+
+    python scripts/prune_sweep.py --model runs/demo/sparse --model runs/demo/dense \
+        --task while_return_true --task indent_for ... --out runs/sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+from sparsecircuits.circuits.prune import PruneConfig
+from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
+from sparsecircuits.errors import UserError
+from sparsecircuits.io import atomic_write_json
+
+# name -> changes to the PruneConfig defaults
+SETTINGS: dict[str, dict] = {
+    "default": {},
+    "k_coef x10": {"k_coef": 1e-3},
+    "k_coef /10": {"k_coef": 1e-5},
+    "lr x3": {"lr": 1e-2},
+    "steps x2": {"steps": 400},
+    "temp /3": {"temp": 1 / 3},
+    "batch 64 pairs": {"batch_pairs": 64},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, action="append", required=True)
+    ap.add_argument("--task", action="append", required=True)
+    ap.add_argument("--setting", action="append", choices=list(SETTINGS), help="default: all")
+    ap.add_argument("--target-loss", type=float, default=0.15)
+    ap.add_argument("--cleanup", action="store_true", help="run the clean-up stage too")
+    ap.add_argument("--edges", action="store_true", help="run the edge stage too")
+    ap.add_argument("--validate", action="store_true", help="score each circuit on the test split")
+    ap.add_argument("--out", type=Path, default=Path("runs/prune_sweep.json"))
+    args = ap.parse_args()
+    settings = args.setting or list(SETTINGS)
+    cells: dict = json.loads(args.out.read_text())["cells"] if args.out.is_file() else {}
+    for model in args.model:
+        session = None
+        for task in args.task:
+            for name in settings:
+                key = f"{model}|{task}|{name}"
+                if key in cells:
+                    continue
+                session = session or PruneSession(model, pick_device("auto"), progress=False)
+                cfg = dataclasses.replace(
+                    PruneConfig(target_loss=args.target_loss, cleanup=args.cleanup, edges=args.edges),
+                    **SETTINGS[name],
+                )
+                t0 = time.perf_counter()
+                try:
+                    c = prune_one(session, task, cfg, 1, 256, 64, args.validate)
+                except UserError as e:
+                    cells[key] = {"reached": False, "reason": str(e)}
+                else:
+                    v = c.get("validation") or {}
+                    cells[key] = {
+                        "reached": True,
+                        "nodes": c["counts"]["nodes"],
+                        "edges": c["counts"]["edges"],
+                        "stage": c["counts"]["stage"],
+                        "loss": c["achieved"]["loss"],
+                        "accuracy_raw": c["achieved"]["accuracy_raw"],
+                        "verdict": v.get("verdict"),
+                        "test_loss_calibrated": (v.get("sufficiency") or {}).get("loss_calibrated"),
+                    }
+                cells[key]["seconds"] = round(time.perf_counter() - t0, 1)
+                print(key, cells[key], flush=True)
+                atomic_write_json(args.out, {"settings": SETTINGS, "cells": cells})
+    print(table(cells, settings))
+
+
+def table(cells: dict, settings: list[str]) -> str:
+    """Markdown table: per setting, cells reached and the median nodes / edges / seconds over reached cells."""
+    lines = [
+        "| setting | reached | median nodes | median edges | median seconds |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in settings:
+        rows = [c for k, c in cells.items() if k.endswith(f"|{name}")]
+        ok = [c for c in rows if c["reached"]]
+
+        def med(key: str, ok=ok) -> str:
+            return f"{statistics.median(c[key] for c in ok):.0f}" if ok else "-"
+
+        lines.append(
+            f"| {name} | {len(ok)}/{len(rows)} | {med('nodes')} | {med('edges')} | {med('seconds')} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
