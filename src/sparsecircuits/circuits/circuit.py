@@ -112,6 +112,7 @@ def circuit_summary(c: dict[str, Any]) -> dict[str, Any]:
         "reached": True,
         "nodes": c["counts"]["nodes"],
         "edges": c["counts"]["edges"],
+        "stage": c["counts"].get("stage", "bisection"),  # the stage the sizes are after
         "loss": c["achieved"]["loss"],
         "loss_convention": c.get("loss_convention"),
         "sufficiency_raw": suff.get("loss_raw"),

@@ -46,18 +46,20 @@ def _fmt(x) -> str:
 def score_lines(c: dict) -> list[str]:
     """The terminal summary of a circuit: size, then raw and calibrated test scores and the verdict."""
     a = c["achieved"]
+    stage = c["counts"].get("stage", "bisection")
     lines = [
-        f"{c['task']['name']}: {c['counts']['nodes']} nodes, {c['counts']['edges']} edges "
+        f"{c['task']['name']}: {c['counts']['nodes']} nodes, {c['counts']['edges']} edges after {stage} "
         f"(target {c['target_loss']:g}, {c.get('loss_convention', 'mean')} convention; val loss "
         f"{_fmt(a['loss_calibrated'])} calibrated, {_fmt(a['loss_raw'])} raw; full model {_fmt(a['full_model']['loss_raw'])})"
     ]
     st = c.get("stages") or {}
-    if "nodes" in st.get("cleanup", {}) and "bisection" in st:
-        b, cl = st["bisection"], st["cleanup"]
-        lines.append(
-            f"  bisection {b['nodes']} nodes / {b.get('edges', '-')} edges -> clean-up {cl['nodes']} / "
-            f"{cl.get('edges', '-')} ({len(cl['passes'])} passes, {cl['seconds']:.0f} s)"
-        )
+    sizes = [
+        f"{name} {st[name]['nodes']} / {st[name].get('edges', '-')}"
+        for name in ("bisection", "cleanup", "edges")
+        if "nodes" in st.get(name, {})
+    ]
+    if len(sizes) > 1:
+        lines.append("  nodes / edges: " + " -> ".join(sizes))
     v = c.get("validation") or {}
     if "sufficiency" in v:
         lines.append(

@@ -421,7 +421,8 @@ def final_table(cfg: DemoConfig, tasks: list[str], circuits: dict, targets: dict
         f"\nCircuits (test split; {cfg.loss_convention} loss, chance "
         f"{chance_loss(cfg.loss_convention):.3f}; suff = circuit alone, "
         "raw / calibrated with the validation fit frozen; nec = circuit ablated, raw; nat = calibrated loss "
-        "on natural code, full model in brackets)",
+        "on natural code, full model in brackets; n/e = nodes/edges after the last pruning stage: bisection, "
+        "clean-up, then edge pruning)",
         f"{'task':22s} {'target':>6s} | {'sparse n/e':>10s} {'suff':>13s} {'nec':>6s} {'nat':>14s} | "
         f"{'dense n/e':>10s} {'suff':>13s} {'nec':>6s} {'nat':>14s} | {'d/s':>5s}",
     ]
