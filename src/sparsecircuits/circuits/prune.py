@@ -20,6 +20,7 @@ from tqdm import tqdm
 from sparsecircuits.circuits.ablations import DonorSource, make_donor_source
 from sparsecircuits.circuits.cleanup import clean_up
 from sparsecircuits.circuits.edge_masks import EdgeMask
+from sparsecircuits.circuits.edges import count_edges
 from sparsecircuits.circuits.masks import Gates, NodeMask
 from sparsecircuits.circuits.scoring import (
     Calibration,
@@ -62,6 +63,7 @@ class PruneConfig:
     edges: bool = True  # learn edge gates inside the node circuit, then bisect them (circuits/edge_masks.py)
     edge_steps: int = 200
     edge_k_coef: float = 1e-4  # penalty per open edge
+    edges_max: int = 4096  # node circuits with more edges skip the edge stage (too big to read anyway)
     seed: int = 0
 
     def validate(self) -> PruneConfig:
@@ -292,7 +294,12 @@ def prune(
     elif cfg.cleanup:
         stages["cleanup"] = {"skipped": f"more than {cfg.cleanup_max_nodes} nodes"}
     edge_mask = edge_gates = None
-    if cfg.edges and not donors:
+    n_edges = count_edges(model.state_dict(), model.cfg, {k: g.bool() for k, g in mask.split(gates).items()})
+    if cfg.edges and donors:
+        stages["edges"] = {"skipped": f"the {cfg.ablation} ablation has no fixed value to ablate an edge to"}
+    elif cfg.edges and n_edges > cfg.edges_max:
+        stages["edges"] = {"skipped": f"more than {cfg.edges_max} edges"}
+    elif cfg.edges:
         t1 = time.perf_counter()
         edge_mask, edge_gates, edge_best, edge_trace = prune_edges(
             model, mask, gates, train, evaluate, cfg, target, progress
@@ -306,8 +313,6 @@ def prune(
             "edges": int(edge_gates.sum()) if edge_gates is not None else edge_mask.n_edges,
             "seconds": round(time.perf_counter() - t1, 2),
         }
-    elif cfg.edges:
-        stages["edges"] = {"skipped": f"the {cfg.ablation} ablation has no fixed value to ablate an edge to"}
     seconds = time.perf_counter() - t0
     return PruneResult(
         mask,
