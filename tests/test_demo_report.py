@@ -109,3 +109,40 @@ def test_short_label():
     assert short_label("fires on mixed tokens, most ' import'") == "~' import'"
     assert short_label("fires on ' while' after 7 spaces") == "' while' after\u2026"
     assert len(short_label("x" * 100)) == 15
+
+
+def test_demo_prunes_again_a_circuit_pruned_with_other_settings(tmp_path, monkeypatch):
+    """A circuit of an older demo (other pruning defaults) is pruned again; one with the same settings is kept."""
+    from dataclasses import asdict
+
+    from sparsecircuits.circuits import commands, session
+    from sparsecircuits.circuits.circuit_file import write_circuit
+    from sparsecircuits.circuits.prune import PruneConfig
+    from sparsecircuits.experiments.demo import prune_tasks
+
+    cfg = DemoConfig(out=tmp_path)
+    same = PruneConfig(
+        target_loss=0.15,
+        steps=cfg.prune_steps,
+        batch_pairs=cfg.prune_batch_pairs,
+        loss_convention=cfg.loss_convention,
+    )
+    calls = []
+    monkeypatch.setattr(session, "PruneSession", lambda *a, **k: object())
+    monkeypatch.setattr(commands, "score_lines", lambda c: [])
+    monkeypatch.setattr(
+        session, "prune_one", lambda s, task, *a, **k: calls.append(task) or new_circuit(task)
+    )
+
+    def new_circuit(task: str) -> dict:
+        c = circuit_of(planted_model(), PLANTED)
+        c["task"]["name"] = task
+        c["pruning"] = {"hyperparameters": asdict(same), "seconds": 1.0, "history": [], "search": []}
+        return c
+
+    for task, hyper in (("kept", asdict(same)), ("stale", {**asdict(same), "min_raw_accuracy": 0.0})):
+        c = new_circuit(task)
+        c["pruning"]["hyperparameters"] = hyper
+        write_circuit(tmp_path / "circuits" / "sparse" / f"{task}.circuit.json", c)
+    prune_tasks(cfg, {"sparse": tmp_path}, ["kept", "stale"], {"kept": 0.15, "stale": 0.15})
+    assert calls == ["stale"]

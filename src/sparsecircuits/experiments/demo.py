@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
@@ -220,7 +220,8 @@ def prune_tasks(
 ) -> dict[str, dict[str, dict]]:
     """Circuits for every (model, task); a task a model cannot reach is recorded with the reason.
 
-    A circuit pruned under another loss convention or scoring protocol (an older demo) is pruned again.
+    A circuit pruned with other settings (another loss convention, target or pruning default: an older demo) is
+    pruned again.
     """
     from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
     from sparsecircuits.circuits.commands import score_lines
@@ -234,21 +235,23 @@ def prune_tasks(
         for task in tasks:
             path = cfg.out / "circuits" / kind / f"{task}.circuit.json"
             skip = path.with_suffix(".skipped")
-            if path.is_file():
-                old = read_circuit(path)
-                if old.get("loss_convention") == cfg.loss_convention and "upgraded_from" not in old:
-                    out[kind][task] = old
-                    continue
-            elif skip.is_file() and skip.read_text().startswith(f"[{cfg.loss_convention}]"):
-                out[kind][task] = {"skipped": skip.read_text().strip()}
-                continue
-            session = session or PruneSession(run_dir, pick_device(cfg.device))
             pcfg = PruneConfig(
                 target_loss=targets[task],
                 steps=cfg.prune_steps,
                 batch_pairs=cfg.prune_batch_pairs,
                 loss_convention=cfg.loss_convention,
             )
+            tag = f"[{cfg.loss_convention}; {json.dumps(asdict(pcfg), sort_keys=True)}]"
+            if path.is_file():
+                old = read_circuit(path)
+                hyper = (old.get("pruning") or {}).get("hyperparameters")
+                if hyper == json.loads(json.dumps(asdict(pcfg))) and "upgraded_from" not in old:
+                    out[kind][task] = old  # pruned with exactly these settings: reuse it
+                    continue
+            elif skip.is_file() and skip.read_text().startswith(tag + "\n"):
+                out[kind][task] = {"skipped": skip.read_text().split("\n", 1)[1].strip()}
+                continue
+            session = session or PruneSession(run_dir, pick_device(cfg.device))
             with stage(cfg, f"pruning {task} in the {kind} model (target {targets[task]:g})"):
                 try:
                     circuit = prune_one(
@@ -256,7 +259,7 @@ def prune_tasks(
                     )
                 except UserError as e:
                     skip.parent.mkdir(parents=True, exist_ok=True)
-                    skip.write_text(f"[{cfg.loss_convention}] {e}\n")
+                    skip.write_text(f"{tag}\n{e}\n")  # the settings, then why
                     out[kind][task] = {"skipped": str(e)}
                     click.echo(f"    not reached: {e}", err=True)
                     continue
