@@ -12,12 +12,9 @@ import math
 import sys
 from pathlib import Path
 
+from sparsecircuits.train.trainer import final_val_loss
+
 TASKS = ("while_return_true", "indent_for", "var_if", "if_equals")
-
-
-def final_val_loss(run: Path) -> float:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r["val_loss"] for r in rows if "val_loss" in r][-1]
 
 
 def counts(screen: Path, name: str) -> dict[str, dict]:

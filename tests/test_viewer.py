@@ -196,9 +196,22 @@ class Server:
         self.httpd.server_close()
 
 
+def serve(fixture: dict[str, Path]) -> Server:
+    """A viewer over the fixture's run folder and its loose circuits."""
+    return Server([fixture["root"] / "runs", fixture["root"] / "loose"])
+
+
+def served_site(tmp_path_factory, name: str):
+    """Fixture body: a fresh fixture tree in a folder `name` and a viewer over it, as (server, fixture)."""
+    fixture = make_fixture(tmp_path_factory.mktemp(name))
+    server = serve(fixture)
+    yield server, fixture
+    server.close()
+
+
 @pytest.fixture(scope="module")
 def server(fixture):
-    s = Server([fixture["root"] / "runs", fixture["root"] / "loose"])
+    s = serve(fixture)
     yield s
     s.close()
 

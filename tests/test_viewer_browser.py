@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_viewer import EVIL_TASK, XSS_IMG, XSS_TOKEN, Server, circuit_id, make_fixture
+from test_viewer import EVIL_TASK, XSS_IMG, XSS_TOKEN, circuit_id, served_site
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -28,10 +28,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    fixture = make_fixture(tmp_path_factory.mktemp("viewer-browser"))
-    server = Server([fixture["root"] / "runs", fixture["root"] / "loose"])
-    yield server, fixture
-    server.close()
+    yield from served_site(tmp_path_factory, "viewer-browser")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from sparsecircuits.viewer.groups import (
     save_user_group,
     trim,
 )
-from test_viewer import CIRCUIT_NODES, Server, circuit_id, make_fixture
+from test_viewer import CIRCUIT_NODES, Server, circuit_id, served_site
 
 D_HEAD = 4
 
@@ -203,10 +203,7 @@ def test_broken_sidecars_are_one_line_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    fixture = make_fixture(tmp_path_factory.mktemp("viewer-groups"))
-    server = Server([fixture["root"] / "runs", fixture["root"] / "loose"])
-    yield server, fixture
-    server.close()
+    yield from served_site(tmp_path_factory, "viewer-groups")
 
 
 def post(server: Server, path: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict]:

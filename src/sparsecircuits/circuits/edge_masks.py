@@ -58,15 +58,10 @@ class EdgeMask(Gates):
 
     def edges(self, model, gates: Tensor | None = None) -> list[Edge]:
         """(src, dst, weight) of the edges, all or only those with gate 1, in `circuit_edges` order."""
-        params = dict(model.named_parameters())
         out: list[Edge] = []
         for m, a, b in zip(self.matrices, self.offsets[:-1], self.offsets[1:]):
-            keep = torch.ones(b - a, dtype=torch.bool) if gates is None else gates[a:b].cpu() > 0
-            w = params[m.module + ".weight"].detach()
-            section = w.shape[0] // len(m.matrix.dst)
-            for r, c in zip(m.rows[keep].tolist(), m.cols[keep].tolist()):
-                dst = f"{m.layer}.{m.matrix.dst[r // section]}.{r % section}"
-                out.append((f"{m.layer}.{m.matrix.src}.{c}", dst, float(w[r, c])))
+            keep = None if gates is None else (gates[a:b] > 0).to(m.rows.device)
+            out.extend(m.named(model.get_submodule(m.module).weight.detach(), keep=keep))
         return out
 
     @contextmanager

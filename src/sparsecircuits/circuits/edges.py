@@ -167,14 +167,7 @@ def _matrix_edges(
     """Edges through one weight matrix, sorted by source index then row (q rows before k before v)."""
     weight = _weight(params, cfg, layer, matrix).detach()
     rows, cols = _matrix_entries(weight, nodes, layer, matrix)
-    values = weight[rows, cols].float().tolist() if with_weights else [None] * len(rows)
-    section_width = weight.shape[0] // len(matrix.dst)
-    src_prefix = f"{layer}.{matrix.src}."
-    dst_prefixes = [f"{layer}.{loc}." for loc in matrix.dst]
-    return [
-        (src_prefix + str(c), dst_prefixes[r // section_width] + str(r % section_width), w)
-        for c, r, w in zip(cols.tolist(), rows.tolist(), values)
-    ]
+    return MatrixEdges(layer, matrix, rows, cols).named(weight, with_weights)
 
 
 def _matrix_entries(
@@ -205,6 +198,19 @@ class MatrixEdges:
     def module(self) -> str:
         """The nn.Linear holding the weight, e.g. `transformer.h.0.attn.c_attn`."""
         return f"transformer.h.{self.layer}.{self.matrix.param.removesuffix('.weight')}"
+
+    def named(self, weight: Tensor, with_weights: bool = True, keep: Tensor | None = None) -> list[Edge]:
+        """(src, dst, weight or None) of the edges (those where `keep` [E] is True, if given), in order.
+        weight: the matrix [rows, cols] the entries index."""
+        rows, cols = (self.rows, self.cols) if keep is None else (self.rows[keep], self.cols[keep])
+        values = weight[rows, cols].float().tolist() if with_weights else [None] * len(rows)
+        section_width = weight.shape[0] // len(self.matrix.dst)
+        src_prefix = f"{self.layer}.{self.matrix.src}."
+        dst_prefixes = [f"{self.layer}.{loc}." for loc in self.matrix.dst]
+        return [
+            (src_prefix + str(c), dst_prefixes[r // section_width] + str(r % section_width), w)
+            for c, r, w in zip(cols.tolist(), rows.tolist(), values)
+        ]
 
 
 def edge_entries(

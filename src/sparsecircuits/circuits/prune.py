@@ -294,10 +294,9 @@ def prune(
     elif cfg.cleanup:
         stages["cleanup"] = {"skipped": f"more than {cfg.cleanup_max_nodes} nodes"}
     edge_mask = edge_gates = None
-    n_edges = count_edges(model.state_dict(), model.cfg, {k: g.bool() for k, g in mask.split(gates).items()})
     if cfg.edges and donors:
         stages["edges"] = {"skipped": f"the {cfg.ablation} ablation has no fixed value to ablate an edge to"}
-    elif cfg.edges and n_edges > cfg.edges_max:
+    elif cfg.edges and _n_edges(model, mask, gates) > cfg.edges_max:
         stages["edges"] = {"skipped": f"more than {cfg.edges_max} edges"}
     elif cfg.edges:
         t1 = time.perf_counter()
@@ -331,6 +330,11 @@ def prune(
         edge_mask,
         edge_gates,
     )
+
+
+def _n_edges(model: GPT, mask: NodeMask, gates: torch.Tensor) -> int:
+    """Edges of the node circuit `gates` [n_nodes]."""
+    return count_edges(model.state_dict(), model.cfg, {k: g.bool() for k, g in mask.split(gates).items()})
 
 
 def prune_edges(

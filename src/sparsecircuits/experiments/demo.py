@@ -241,11 +241,12 @@ def prune_tasks(
                 batch_pairs=cfg.prune_batch_pairs,
                 loss_convention=cfg.loss_convention,
             )
-            tag = f"[{cfg.loss_convention}; {json.dumps(asdict(pcfg), sort_keys=True)}]"
+            settings = json.dumps(asdict(pcfg), sort_keys=True)
+            tag = f"[{cfg.loss_convention}; {settings}]"
             if path.is_file():
                 old = read_circuit(path)
                 hyper = (old.get("pruning") or {}).get("hyperparameters")
-                if hyper == json.loads(json.dumps(asdict(pcfg))) and "upgraded_from" not in old:
+                if hyper == json.loads(settings) and "upgraded_from" not in old:
                     out[kind][task] = old  # pruned with exactly these settings: reuse it
                     continue
             elif skip.is_file() and skip.read_text().startswith(tag + "\n"):

@@ -73,9 +73,8 @@
     setTimeout(() => URL.revokeObjectURL(url), 1000);
   };
 
-  /** GET a JSON endpoint; a non-2xx answer throws an Error carrying the server's message. */
-  SC.getJSON = async function (url) {
-    const response = await fetch(url, { headers: { Accept: "application/json" } });
+  /** The JSON body of a fetch response; a non-2xx answer throws an Error carrying the server's message. */
+  async function readJSON(response) {
     let body = null;
     try {
       body = await response.json();
@@ -84,19 +83,17 @@
     }
     if (!response.ok) throw new Error((body && body.error) || response.statusText);
     return body;
+  }
+
+  /** GET a JSON endpoint; a non-2xx answer throws an Error carrying the server's message. */
+  SC.getJSON = async function (url) {
+    return readJSON(await fetch(url, { headers: { Accept: "application/json" } }));
   };
 
   /** POST a JSON body to an endpoint; like getJSON, a non-2xx answer throws the server's message. */
   SC.postJSON = async function (url, body) {
-    const response = await fetch(url, { method: "POST", headers: { Accept: "application/json", "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    let answer = null;
-    try {
-      answer = await response.json();
-    } catch (e) {
-      answer = { error: response.statusText || "bad response" };
-    }
-    if (!response.ok) throw new Error((answer && answer.error) || response.statusText);
-    return answer;
+    const headers = { Accept: "application/json", "Content-Type": "application/json" };
+    return readJSON(await fetch(url, { method: "POST", headers, body: JSON.stringify(body) }));
   };
 
   /** A query string; an array value repeats its key (expand=a&expand=b). */
