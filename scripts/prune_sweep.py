@@ -28,9 +28,9 @@ from sparsecircuits.io import atomic_write_json
 SETTINGS: dict[str, dict] = {
     "default": {},
     "k_coef x10": {"k_coef": 1e-3},
-    "k_coef /10": {"k_coef": 1e-5},
     "lr x3": {"lr": 1e-2},
     "steps x2": {"steps": 400},
+    "steps /2": {"steps": 100},
     "temp /3": {"temp": 1 / 3},
     "batch 64 pairs": {"batch_pairs": 64},
 }
@@ -42,23 +42,32 @@ def main() -> None:
     ap.add_argument("--task", action="append", required=True)
     ap.add_argument("--setting", action="append", choices=list(SETTINGS), help="default: all")
     ap.add_argument("--target-loss", type=float, default=0.15)
+    ap.add_argument(
+        "--eval",
+        type=Path,
+        help="a demo's eval.json: each task then gets the demo's target (0.15, or relaxed above the worse "
+        "model's unpruned loss; experiments.demo.task_target), the same for every model",
+    )
     ap.add_argument("--cleanup", action="store_true", help="run the clean-up stage too")
     ap.add_argument("--edges", action="store_true", help="run the edge stage too")
     ap.add_argument("--validate", action="store_true", help="score each circuit on the test split")
     ap.add_argument("--out", type=Path, default=Path("runs/prune_sweep.json"))
     args = ap.parse_args()
     settings = args.setting or list(SETTINGS)
+    targets = task_targets(args.eval, args.task, args.target_loss)
     cells: dict = json.loads(args.out.read_text())["cells"] if args.out.is_file() else {}
-    for model in args.model:
-        session = None
-        for task in args.task:
+    sessions: dict[Path, PruneSession] = {}
+    for task in args.task:  # task-major, so that a stopped sweep has whole tasks across the models
+        for model in args.model:
             for name in settings:
                 key = f"{model}|{task}|{name}"
                 if key in cells:
                     continue
-                session = session or PruneSession(model, pick_device("auto"), progress=False)
+                if model not in sessions:
+                    sessions[model] = PruneSession(model, pick_device("auto"), progress=False)
+                session = sessions[model]
                 cfg = dataclasses.replace(
-                    PruneConfig(target_loss=args.target_loss, cleanup=args.cleanup, edges=args.edges),
+                    PruneConfig(target_loss=targets[task], cleanup=args.cleanup, edges=args.edges),
                     **SETTINGS[name],
                 )
                 t0 = time.perf_counter()
@@ -70,6 +79,7 @@ def main() -> None:
                     v = c.get("validation") or {}
                     cells[key] = {
                         "reached": True,
+                        "target": targets[task],
                         "nodes": c["counts"]["nodes"],
                         "edges": c["counts"]["edges"],
                         "stage": c["counts"]["stage"],
@@ -82,6 +92,17 @@ def main() -> None:
                 print(key, cells[key], flush=True)
                 atomic_write_json(args.out, {"settings": SETTINGS, "cells": cells})
     print(table(cells, settings))
+
+
+def task_targets(eval_json: Path | None, tasks: list[str], target_loss: float) -> dict[str, float]:
+    """task -> target loss: target_loss for all, or the demo's per-task target from its eval.json."""
+    if eval_json is None:
+        return {t: target_loss for t in tasks}
+    from sparsecircuits.experiments.demo import DemoConfig, task_target
+
+    evals = json.loads(eval_json.read_text())
+    cfg = DemoConfig(target_loss=target_loss)
+    return {t: task_target(cfg, evals, t) for t in tasks}
 
 
 def table(cells: dict, settings: list[str]) -> str:

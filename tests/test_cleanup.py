@@ -43,6 +43,24 @@ def test_cleanup_stays_at_the_target_and_stops_when_no_single_node_can_go():
     assert clean_up(fake_evaluate([]), torch.ones(10), target=99.0, progress=False).nodes_after == 1
 
 
+def test_later_passes_spend_one_forward_per_node():
+    """Nodes 3 and 6 can go only once node 4 has gone: pass 1 removes the free nodes, pass 2 (one evaluation per
+    kept node, each removed at once if the circuit still meets the target) removes 3 and 6, pass 3 verifies."""
+    calls: list = []
+
+    def evaluate(g: torch.Tensor):
+        kept = set(torch.nonzero(g).flatten().tolist())
+        calls.append(kept)
+        loss = 0.1 + (0 not in kept) + (4 in kept) * ((3 not in kept) + (6 not in kept))
+        return SimpleNamespace(loss=loss, accuracy_raw=1.0)
+
+    res = clean_up(evaluate, torch.ones(7), target=0.105, progress=False)
+    assert set(torch.nonzero(res.gates).flatten().tolist()) == {0}
+    assert [p["tried"] for p in res.passes] == [7, 3, 1] and [p["removed"] for p in res.passes] == [4, 2, 0]
+    # the start, pass 1's 7 measurements and 3 removals after its first, then 3 and 1
+    assert len(calls) == 1 + 7 + 3 + 3 + 1
+
+
 def test_tied_query_key_masks_keep_or_drop_both():
     model = small_model()
     mask = NodeMask(widths(model), None, "zero", tie_qk=True, generator=torch.Generator().manual_seed(0))

@@ -218,3 +218,35 @@ def test_natural_prompts_score_under_a_resample_ablation(tmp_path):
         model, means, gates, natural, Calibration(), ablation="resample", pretraining=str(bin_path)
     )
     assert out["n_prompts"] == 8 and out["circuit"] == out["full_model"]  # every node kept: nothing resampled
+
+
+def test_length_buckets_give_the_logit_differences_of_one_padded_forward():
+    """gated_diff runs one forward per length bucket; a prompt's answer does not depend on the padding after
+    it, so the result equals one forward over the whole right-padded set (zero and resample ablations)."""
+    from sparsecircuits.circuits.scoring import correct_minus_wrong
+
+    torch.manual_seed(0)
+    model = GPT(
+        ModelConfig(vocab_size=32, n_layer=2, d_model=16, n_head=2, d_head=8, d_mlp=64, n_ctx=16)
+    ).eval()
+    n, T = 70, 16
+    last = torch.randint(1, T, (n,))
+    prompts = PromptSet(
+        torch.randint(0, 32, (n, T)),
+        last,
+        torch.randint(0, 32, (n,)),
+        torch.randint(0, 32, (n,)),
+        torch.ones(n),
+    )
+    assert len(prompts.length_buckets()) == 4
+    assert sorted(torch.cat(prompts.length_buckets()).tolist()) == list(range(n))
+    widths = {loc: model.location_width(loc) for loc in model.node_locations()}
+    for ablation in ("zero", "resample"):
+        mask = NodeMask(widths, None, ablation)
+        gates = (torch.rand(mask.n_nodes) < 0.5).float()
+        donors = {loc: torch.randn(n, T, w) for loc, w in widths.items()} if ablation == "resample" else None
+        with torch.no_grad(), model.hooks(mask.hooks(gates, donors)):
+            whole = correct_minus_wrong(model, prompts)
+        with torch.no_grad():
+            bucketed = gated_diff(model, mask, gates, prompts, donors)
+        assert torch.allclose(bucketed, whole, atol=1e-5), (bucketed - whole).abs().max()

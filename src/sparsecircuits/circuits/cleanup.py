@@ -1,10 +1,12 @@
 """Automatic clean-up after the bisection: drop nodes one at a time, least important first, while the circuit
 still meets its target (the paper's authors did this by hand, about a researcher-day per circuit; PAPER.md 7.6).
 
-Each pass measures every kept node's ablation effect (the validation loss with that node alone removed), then
-tries the nodes in order of increasing effect, removing each one whose removal keeps the loss at or below the
-target given the removals already made. Passes repeat until one removes nothing: that pass measured every node
-against the final circuit, so no single node can go.
+The first pass measures every kept node's ablation effect (the validation loss with that node alone removed),
+then tries the nodes in order of increasing effect, removing each one whose removal keeps the loss at or below
+the target given the removals already made. Later passes take the nodes in the order of the previous pass's
+effects and spend one forward per node: measured against the circuit as it stands, a node goes at once if the
+circuit still meets the target without it. Passes repeat until one removes nothing: that pass measured every
+node against the final circuit, so no single node can go.
 """
 
 from __future__ import annotations
@@ -60,25 +62,37 @@ def clean_up(
         g[units == u] = 0.0
         return g
 
+    effects: dict[int, float] = {}
     while True:
         kept_units = torch.unique(units[gates.cpu() > 0]).tolist()
-        bar = tqdm(kept_units, desc=f"clean-up pass {len(passes) + 1}", disable=not progress, leave=False)
-        scored = sorted(((evaluate(drop(gates, u)), u) for u in bar), key=lambda su: (su[0].loss, su[1]))
-        effects = {u: s.loss for s, u in scored}
-        removed = 0
-        for first, u in scored:
-            if first.loss > target.loss:
-                break  # sorted: every later node, measured against this pass's start, fails as well
-            if first.accuracy_raw < target.min_raw_accuracy:
-                continue
-            candidate = drop(gates, u)
-            if not candidate.any():
-                break  # a circuit keeps at least one node (a target at or above chance is met by none)
-            s = evaluate(candidate) if removed else first  # against the removals already made this pass
-            if target.met_by(s):
-                gates, best, removed = candidate, s, removed + 1
+        desc = f"clean-up pass {len(passes) + 1}"
+        if not passes:
+            bar = tqdm(kept_units, desc=desc, disable=not progress, leave=False)
+            scored = sorted(((evaluate(drop(gates, u)), u) for u in bar), key=lambda su: (su[0].loss, su[1]))
+            effects = {u: s.loss for s, u in scored}
+            removed = 0
+            for first, u in scored:
+                if first.loss > target.loss:
+                    break  # sorted: every later node, measured against this pass's start, fails as well
+                if first.accuracy_raw < target.min_raw_accuracy:
+                    continue
+                candidate = drop(gates, u)
+                if not candidate.any():
+                    break  # a circuit keeps at least one node (a target at or above chance is met by none)
+                s = evaluate(candidate) if removed else first  # against the removals already made this pass
+                if target.met_by(s):
+                    gates, best, removed = candidate, s, removed + 1
+        else:
+            order = sorted(kept_units, key=lambda u: (effects[u], u))  # least important first, last pass
+            effects, removed = {}, 0
+            for u in tqdm(order, desc=desc, disable=not progress, leave=False):
+                candidate = drop(gates, u)
+                s = evaluate(candidate)
+                effects[u] = s.loss
+                if target.met_by(s) and candidate.any():
+                    gates, best, removed = candidate, s, removed + 1
         passes.append(
-            {"pass": len(passes) + 1, "tried": len(scored), "removed": removed, "nodes": int(gates.sum())}
+            {"pass": len(passes) + 1, "tried": len(kept_units), "removed": removed, "nodes": int(gates.sum())}
         )
         if removed == 0:
             break

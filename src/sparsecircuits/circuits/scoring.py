@@ -24,6 +24,7 @@ from sparsecircuits.tasks.evaluate import DEFAULT_CONVENTION, accuracy
 from sparsecircuits.tasks.evaluate import logit_diff_loss as task_loss
 
 LBFGS_STEPS = 16  # PAPER.md 7.4
+LENGTH_BUCKETS = 4  # forwards per prompt set in gated_diff (PromptSet.length_buckets)
 
 
 @dataclass
@@ -45,9 +46,21 @@ class PromptSet:
         return len(self.last)
 
     def subset(self, rows: Tensor) -> PromptSet:
+        """The prompts `rows`, padded only to their own longest."""
+        last = self.last[rows]
         return PromptSet(
-            self.tokens[rows], self.last[rows], self.correct[rows], self.wrong[rows], self.sign[rows]
+            self.tokens[rows, : int(last.max()) + 1],
+            last,
+            self.correct[rows],
+            self.wrong[rows],
+            self.sign[rows],
         )
+
+    def length_buckets(self, n: int = LENGTH_BUCKETS, min_rows: int = 16) -> list[Tensor]:
+        """Row indices in up to n groups of similar length (equal counts, shortest first), so a forward per
+        group pads far less than one over all: half of a task batch's positions are padding otherwise."""
+        n = max(1, min(n, len(self) // min_rows))
+        return list(torch.argsort(self.last.cpu(), stable=True).chunk(n))
 
 
 def from_task_batch(batch, a_tokens: Tensor | None = None) -> PromptSet:
@@ -79,10 +92,19 @@ def gated_diff(
 ) -> Tensor:
     """correct_minus_wrong with the node gates applied through hooks. Returns [N].
 
+    One forward per length bucket (a prompt's logits do not depend on the padding after it: attention is
+    causal and everything else acts per position), results in the prompts' order.
     donors: for the resample ablations, location -> [N, T, width] ablated values (ablations.DonorSource).
     """
-    with model.hooks(mask.hooks(gates, donors)):
-        return correct_minus_wrong(model, prompts)
+    parts, order = [], []
+    for rows in prompts.length_buckets():
+        chunk = prompts.subset(rows.to(prompts.last.device))
+        T = chunk.tokens.shape[1]
+        values = None if donors is None else {k: v[rows.to(v.device), :T] for k, v in donors.items()}
+        with model.hooks(mask.hooks(gates, values)):
+            parts.append(correct_minus_wrong(model, chunk))
+        order.append(rows)
+    return torch.cat(parts)[torch.argsort(torch.cat(order)).to(parts[0].device)]
 
 
 @dataclass(frozen=True)
