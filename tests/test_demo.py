@@ -12,8 +12,19 @@ import pytest
 from sparsecircuits.experiments.demo import DemoConfig, run_demo
 
 
+@pytest.fixture
+def two_threads():
+    """Two or more torch threads: the demo prunes its two models side by side, in worker processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_demo_smoke(tmp_path):
+def test_demo_smoke(tmp_path, two_threads):
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     cfg = DemoConfig(
         out=tmp_path / "demo",
@@ -145,3 +156,24 @@ def test_a_demo_directory_is_not_resumed_with_other_models(tmp_path):
         check_models_kind(DemoConfig(out=out, models="shipped"))
     with pytest.raises(UserError, match="preset tiny"):
         check_models_kind(DemoConfig(out=out, models="train", preset="demo"))
+
+
+def test_demo_prunes_the_required_tasks_and_every_task_both_models_learn():
+    from sparsecircuits.experiments.demo import choose_tasks
+
+    losses = {"a": (0.01, 0.02), "b": (0.1, 0.2), "c": (0.12, 0.05), "single_double_quote": (0.9, 0.9)}
+    evals = {
+        kind: {"tasks": {**{t: {"loss": v[i]} for t, v in losses.items()}, "bracket_counting": {"loss": 1.0}}}
+        for i, kind in enumerate(("sparse", "dense"))
+    }
+    cfg = DemoConfig(target_loss=0.15)
+    # b is learned by the sparse model only; c by both (worst 0.12 after a's 0.02)
+    assert choose_tasks(cfg, evals) == ["single_double_quote", "bracket_counting", "a", "c"]
+    assert choose_tasks(DemoConfig(max_tasks=5), evals) == [
+        "single_double_quote",
+        "bracket_counting",
+        "a",
+        "c",
+        "b",
+    ]
+    assert choose_tasks(DemoConfig(max_tasks=2), evals) == ["single_double_quote", "bracket_counting"]

@@ -37,7 +37,13 @@ from sparsecircuits.cli_options import (
     help="Training preset (default: demo on CPU, demo-gpu where CUDA is present).",
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Training override for both models.")
-@shown_option("--max-tasks", 4, count(1), "Tasks to prune (the two required first).")
+@click.option(
+    "--max-tasks",
+    type=count(1),
+    default=None,
+    help="Tasks to prune at most: the two required ones first, then the best learned "
+    "[default: the required ones plus every task both models learn below the target loss].",
+)
 @click.option("--target-loss", default=0.15, show_default=True, type=POSITIVE)
 @loss_convention_option()
 @click.option(

@@ -32,7 +32,8 @@ class DemoConfig:
     # The dense model learns faster per step: a shorter run brings its validation loss near the sparse one.
     dense_sets: tuple[str, ...] = ("train.steps=1000",)
     sets: tuple[str, ...] = ()  # extra --set for both models
-    max_tasks: int = 4  # tasks pruned: the two required ones plus the best-learned others
+    # tasks pruned: the two required ones plus every task both models learn (None), or at most this many
+    max_tasks: int | None = None
     eval_pairs: int = 64
     target_loss: float = 0.15
     loss_convention: str = "pair-sum"  # the paper authors': a pair's two prompts summed (tasks/evaluate.py)
@@ -164,12 +165,16 @@ def evaluate_models(cfg: DemoConfig, runs: dict[str, Path]) -> dict[str, dict]:
 
 
 def choose_tasks(cfg: DemoConfig, evals: dict[str, dict]) -> list[str]:
-    """The required tasks, then the tasks both models do best on (worst of the two losses, lowest first)."""
+    """The required tasks, then every task both models learn (unpruned task loss at most the target loss),
+    best first (worst of the two losses). With max_tasks, the list is cut or filled up to that many with the
+    next best tasks."""
 
     def worst(name: str) -> float:
         return max(evals[k]["tasks"][name].get("loss", float("inf")) for k in evals)
 
     others = sorted((n for n in evals["sparse"]["tasks"] if n not in REQUIRED_TASKS), key=worst)
+    if cfg.max_tasks is None:
+        return list(REQUIRED_TASKS) + [n for n in others if worst(n) <= cfg.target_loss]
     return list(REQUIRED_TASKS) + others[: max(0, cfg.max_tasks - len(REQUIRED_TASKS))]
 
 
@@ -220,54 +225,98 @@ def prune_tasks(
 ) -> dict[str, dict[str, dict]]:
     """Circuits for every (model, task); a task a model cannot reach is recorded with the reason.
 
+    On a CPU with two or more threads the two models are pruned side by side, one process each with half the
+    threads (a pruning forward is too small to use two threads well: two processes prune nearly twice as
+    fast as one process with two threads); progress bars are then off and each stage is timed in its own
+    process.
+    """
+    args = {kind: (cfg, kind, run_dir, tasks, targets, natural) for kind, run_dir in runs.items()}
+    threads = torch.get_num_threads()
+    if len(runs) < 2 or threads < 2 or pick_demo_device(cfg) != "cpu":
+        results = {kind: prune_model(*a) for kind, a in args.items()}
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        say(f"pruning the {' and '.join(runs)} models side by side ({threads // len(runs)} thread(s) each)")
+        ctx = multiprocessing.get_context("spawn")  # a fork would inherit torch's thread pool
+        with ProcessPoolExecutor(len(runs), mp_context=ctx) as pool:
+            futures = {kind: pool.submit(prune_model, *a, threads // len(runs)) for kind, a in args.items()}
+            results = {kind: f.result() for kind, f in futures.items()}
+    out = {}
+    for kind, (circuits, timings) in results.items():
+        out[kind] = circuits
+        cfg.timings.update(timings)
+    return out
+
+
+def pick_demo_device(cfg: DemoConfig) -> str:
+    from sparsecircuits.circuits.session import pick_device
+
+    return pick_device(cfg.device)
+
+
+def prune_model(
+    cfg: DemoConfig,
+    kind: str,
+    run_dir: Path,
+    tasks: list[str],
+    targets: dict[str, float],
+    natural: dict[str, list[dict]] | None,
+    threads: int | None = None,
+) -> tuple[dict[str, dict], dict[str, float]]:
+    """One model's circuits (task -> circuit or {"skipped": why}) and the seconds of each stage. threads: set
+    in a worker process (progress bars are off there: two processes would draw over each other).
+
     A circuit pruned with other settings (another loss convention, target or pruning default: an older demo) is
     pruned again.
     """
     from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
     from sparsecircuits.circuits.commands import score_lines
     from sparsecircuits.circuits.prune import PruneConfig
-    from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
+    from sparsecircuits.circuits.session import PruneSession, prune_one
 
-    out: dict[str, dict[str, dict]] = {}
-    for kind, run_dir in runs.items():
-        out[kind] = {}
-        session = None
-        for task in tasks:
-            path = cfg.out / "circuits" / kind / f"{task}.circuit.json"
-            skip = path.with_suffix(".skipped")
-            pcfg = PruneConfig(
-                target_loss=targets[task],
-                steps=cfg.prune_steps,
-                batch_pairs=cfg.prune_batch_pairs,
-                loss_convention=cfg.loss_convention,
-            )
-            settings = json.dumps(asdict(pcfg), sort_keys=True)
-            tag = f"[{cfg.loss_convention}; {settings}]"
-            if path.is_file():
-                old = read_circuit(path)
-                hyper = (old.get("pruning") or {}).get("hyperparameters")
-                if hyper == json.loads(settings) and "upgraded_from" not in old:
-                    out[kind][task] = old  # pruned with exactly these settings: reuse it
-                    continue
-            elif skip.is_file() and skip.read_text().startswith(tag + "\n"):
-                out[kind][task] = {"skipped": skip.read_text().split("\n", 1)[1].strip()}
+    if threads is not None:  # a worker: its cfg is a copy, whose timings go back to the parent
+        torch.set_num_threads(threads)
+        cfg.timings = {}
+    out: dict[str, dict] = {}
+    session = None
+    for task in tasks:
+        path = cfg.out / "circuits" / kind / f"{task}.circuit.json"
+        skip = path.with_suffix(".skipped")
+        pcfg = PruneConfig(
+            target_loss=targets[task],
+            steps=cfg.prune_steps,
+            batch_pairs=cfg.prune_batch_pairs,
+            loss_convention=cfg.loss_convention,
+        )
+        settings = json.dumps(asdict(pcfg), sort_keys=True)
+        tag = f"[{cfg.loss_convention}; {settings}]"
+        if path.is_file():
+            old = read_circuit(path)
+            hyper = (old.get("pruning") or {}).get("hyperparameters")
+            if hyper == json.loads(settings) and "upgraded_from" not in old:
+                out[task] = old  # pruned with exactly these settings: reuse it
                 continue
-            session = session or PruneSession(run_dir, pick_device(cfg.device))
-            with stage(cfg, f"pruning {task} in the {kind} model (target {targets[task]:g})"):
-                try:
-                    circuit = prune_one(
-                        session, task, pcfg, 1, 256, cfg.eval_pairs, True, natural=(natural or {}).get(task)
-                    )
-                except UserError as e:
-                    skip.parent.mkdir(parents=True, exist_ok=True)
-                    skip.write_text(f"{tag}\n{e}\n")  # the settings, then why
-                    out[kind][task] = {"skipped": str(e)}
-                    click.echo(f"    not reached: {e}", err=True)
-                    continue
-            write_circuit(path, circuit)
-            out[kind][task] = circuit
-            click.echo("\n".join("    " + line for line in score_lines(circuit)), err=True)
-    return out
+        elif skip.is_file() and skip.read_text().startswith(tag + "\n"):
+            out[task] = {"skipped": skip.read_text().split("\n", 1)[1].strip()}
+            continue
+        session = session or PruneSession(run_dir, pick_demo_device(cfg), progress=threads is None)
+        with stage(cfg, f"pruning {task} in the {kind} model (target {targets[task]:g})"):
+            try:
+                circuit = prune_one(
+                    session, task, pcfg, 1, 256, cfg.eval_pairs, True, natural=(natural or {}).get(task)
+                )
+            except UserError as e:
+                skip.parent.mkdir(parents=True, exist_ok=True)
+                skip.write_text(f"{tag}\n{e}\n")  # the settings, then why
+                out[task] = {"skipped": str(e)}
+                click.echo(f"    {kind} {task} not reached: {e}", err=True)
+                continue
+        write_circuit(path, circuit)
+        out[task] = circuit
+        click.echo("\n".join(f"    {kind}: {line}" for line in score_lines(circuit)), err=True)
+    return out, cfg.timings
 
 
 def smallest_circuit(circuits: dict[str, dict[str, dict]], kind: str = "sparse") -> str | None:
@@ -370,7 +419,7 @@ def check_demo_config(cfg: DemoConfig) -> None:
 
     check_build_config(BuildConfig(out=cfg.out, sources=list(cfg.sources), synthetic_mb=cfg.synthetic_mb))
     n_tasks = len(all_tasks())
-    if not 1 <= cfg.max_tasks <= n_tasks:
+    if cfg.max_tasks is not None and not 1 <= cfg.max_tasks <= n_tasks:
         raise UserError(f"--max-tasks must be in [1, {n_tasks}], got {cfg.max_tasks}")
     if not (math.isfinite(cfg.target_loss) and cfg.target_loss > 0):
         raise UserError(f"--target-loss must be a positive number, got {cfg.target_loss}")
