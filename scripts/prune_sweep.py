@@ -33,6 +33,9 @@ SETTINGS: dict[str, dict] = {
     "steps /2": {"steps": 100},
     "temp /3": {"temp": 1 / 3},
     "batch 64 pairs": {"batch_pairs": 64},
+    # second round, around the first round's best (k_coef x10 on the first two tasks)
+    "k_coef x10, lr x3": {"k_coef": 1e-3, "lr": 1e-2},
+    "k_coef x100": {"k_coef": 1e-2},
 }
 
 
