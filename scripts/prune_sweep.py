@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -109,20 +110,27 @@ def task_targets(eval_json: Path | None, tasks: list[str], target_loss: float) -
 
 
 def table(cells: dict, settings: list[str]) -> str:
-    """Markdown table: per setting, cells reached and the median nodes / edges / seconds over reached cells."""
+    """Markdown table per setting: cells reached, median nodes / edges / seconds over the reached cells, and
+    the geometric mean of its edges over the default's on the cells both reached (below 1: smaller)."""
     lines = [
-        "| setting | reached | median nodes | median edges | median seconds |",
-        "|---|---:|---:|---:|---:|",
+        "| setting | reached | median nodes | median edges | edges / default's (geomean) | median seconds |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name in settings:
-        rows = [c for k, c in cells.items() if k.endswith(f"|{name}")]
-        ok = [c for c in rows if c["reached"]]
+        rows = {k.rsplit("|", 1)[0]: c for k, c in cells.items() if k.endswith(f"|{name}")}
+        ok = [c for c in rows.values() if c["reached"]]
+        logs = [
+            math.log(c["edges"] / cells[f"{cell}|default"]["edges"])
+            for cell, c in rows.items()
+            if c["reached"] and (cells.get(f"{cell}|default") or {}).get("reached")
+        ]
+        ratio = f"{math.exp(sum(logs) / len(logs)):.2f} ({len(logs)})" if logs else "-"
 
         def med(key: str, ok=ok) -> str:
             return f"{statistics.median(c[key] for c in ok):.0f}" if ok else "-"
 
         lines.append(
-            f"| {name} | {len(ok)}/{len(rows)} | {med('nodes')} | {med('edges')} | {med('seconds')} |"
+            f"| {name} | {len(ok)}/{len(rows)} | {med('nodes')} | {med('edges')} | {ratio} | {med('seconds')} |"
         )
     return "\n".join(lines)
 
