@@ -37,6 +37,7 @@ SETTINGS: dict[str, dict] = {
     # second round, around the first round's best (k_coef x10 on the first two tasks)
     "k_coef x10, lr x3": {"k_coef": 1e-3, "lr": 1e-2},
     "k_coef x100": {"k_coef": 1e-2},
+    "k_coef x1000": {"k_coef": 1e-1},
 }
 
 
