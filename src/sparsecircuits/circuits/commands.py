@@ -126,9 +126,15 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
     1,
     count(1, 1000),
     "Settings tried per task by successive halving: all run briefly, the better half again with twice the "
-    "steps, until one runs --steps in full (1: the Table 2 centers alone).",
+    "steps, until one runs --steps in full (1: the given settings alone).",
 )
-@click.option("--k-coef", default=1e-4, show_default=True, type=NON_NEGATIVE, help="Penalty per active node.")
+@click.option(
+    "--k-coef",
+    default=1e-2,
+    show_default=True,
+    type=NON_NEGATIVE,
+    help="Penalty per active node (the paper's search center: 1e-4; docs/circuits.md, choosing the defaults).",
+)
 @click.option("--lr", default=3e-3, show_default=True, type=POSITIVE, help="Mask learning rate.")
 @shown_option("--batch-pairs", 32, count(1, MAX_PAIRS), "Pairs per mask training step (the paper: 64).")
 @shown_option("--train-pairs", 256, count(1, MAX_PAIRS), "Training pairs to draw batches from.")

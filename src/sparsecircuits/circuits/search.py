@@ -1,6 +1,6 @@
 """A small hyperparameter search per (model, task): the paper tuned every pair with CARBS (PAPER.md 7.3).
 
-Setting 0 is the given config (the paper's Table 2 centers by default); the others draw k_coef, lr,
+Setting 0 is the given config (the defaults: Table 2 centers, k_coef 1e-2); the others draw k_coef, lr,
 init_bias and the surrogate temperature log-uniformly around it. Successive halving runs many short trials
 and continues the best (see `search`); the winner is the smallest circuit that meets the target (ties: lower
 loss). No external tuner and nothing to install.
