@@ -24,7 +24,7 @@ def two_threads():
 
 
 @pytest.mark.slow
-def test_demo_smoke(tmp_path, two_threads):
+def test_demo_smoke(tmp_path, two_threads, capsys):
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     cfg = DemoConfig(
         out=tmp_path / "demo",
@@ -41,6 +41,7 @@ def test_demo_smoke(tmp_path, two_threads):
         device="cpu",
     )
     report = run_demo(cfg)
+    assert "circuits in two worker processes" in capsys.readouterr().err  # the side-by-side path ran
     summary = json.loads((cfg.out / "report.json").read_text())
     assert report.is_file() and "<img src='data:image/png;base64," in report.read_text()
     assert summary["tasks_pruned"] == ["single_double_quote", "bracket_counting"]
@@ -166,7 +167,7 @@ def test_demo_prunes_the_required_tasks_and_every_task_both_models_learn():
         kind: {"tasks": {**{t: {"loss": v[i]} for t, v in losses.items()}, "bracket_counting": {"loss": 1.0}}}
         for i, kind in enumerate(("sparse", "dense"))
     }
-    cfg = DemoConfig(target_loss=0.15)
+    cfg = DemoConfig(target_loss=0.15, max_tasks=None)  # --all-learned
     # b is learned by the sparse model only; c by both (worst 0.12 after a's 0.02)
     assert choose_tasks(cfg, evals) == ["single_double_quote", "bracket_counting", "a", "c"]
     assert choose_tasks(DemoConfig(max_tasks=5), evals) == [

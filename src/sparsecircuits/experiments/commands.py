@@ -37,12 +37,14 @@ from sparsecircuits.cli_options import (
     help="Training preset (default: demo on CPU, demo-gpu where CUDA is present).",
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Training override for both models.")
+@shown_option(
+    "--max-tasks", 4, count(1), "Tasks to prune: the two required ones first, then the best learned."
+)
 @click.option(
-    "--max-tasks",
-    type=count(1),
-    default=None,
-    help="Tasks to prune at most: the two required ones first, then the best learned "
-    "[default: the required ones plus every task both models learn below the target loss].",
+    "--all-learned",
+    is_flag=True,
+    help="Prune the required tasks plus every task both models learn below the target loss (instead of "
+    "--max-tasks; about 4 CPU minutes per circuit).",
 )
 @click.option("--target-loss", default=0.15, show_default=True, type=POSITIVE)
 @loss_convention_option()
@@ -62,6 +64,7 @@ def demo(
     preset,
     sets,
     max_tasks,
+    all_learned,
     target_loss,
     loss_convention,
     no_natural,
@@ -90,7 +93,7 @@ def demo(
         synthetic_mb=synthetic_mb,
         preset=preset,
         sets=tuple(sets),
-        max_tasks=max_tasks,
+        max_tasks=None if all_learned else max_tasks,
         target_loss=target_loss,
         loss_convention=loss_convention,
         natural=not no_natural,

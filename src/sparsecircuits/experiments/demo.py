@@ -6,6 +6,7 @@ interrupted demo resumes where it stopped. `--force` starts again from nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -32,8 +33,9 @@ class DemoConfig:
     # The dense model learns faster per step: a shorter run brings its validation loss near the sparse one.
     dense_sets: tuple[str, ...] = ("train.steps=1000",)
     sets: tuple[str, ...] = ()  # extra --set for both models
-    # tasks pruned: the two required ones plus every task both models learn (None), or at most this many
-    max_tasks: int | None = None
+    # tasks pruned: the two required ones plus the best learned, this many in all; None: plus every task both
+    # models learn (5 circuits each on the shipped pair: about 20 minutes on 2 cores, over the demo's 15)
+    max_tasks: int | None = 4
     eval_pairs: int = 64
     target_loss: float = 0.15
     loss_convention: str = "pair-sum"  # the paper authors': a pair's two prompts summed (tasks/evaluate.py)
@@ -225,98 +227,95 @@ def prune_tasks(
 ) -> dict[str, dict[str, dict]]:
     """Circuits for every (model, task); a task a model cannot reach is recorded with the reason.
 
-    On a CPU with two or more threads the two models are pruned side by side, one process each with half the
-    threads (a pruning forward is too small to use two threads well: two processes prune nearly twice as
-    fast as one process with two threads); progress bars are then off and each stage is timed in its own
-    process.
+    On a CPU with two or more threads the (model, task) jobs are shared by two worker processes with half the
+    threads each (a pruning forward is too small to use two threads well, and a shared queue balances the
+    slower sparse prunes against the dense ones); progress bars are then off and each stage is timed in its
+    own process.
     """
-    args = {kind: (cfg, kind, run_dir, tasks, targets, natural) for kind, run_dir in runs.items()}
+    natural = natural or {}
+    _SESSIONS.clear()  # a model may have changed since an earlier demo in this process
+    jobs = [(kind, task) for task in tasks for kind in runs]
+    args = [(cfg, kind, runs[kind], task, targets[task], natural.get(task)) for kind, task in jobs]
     threads = torch.get_num_threads()
-    if len(runs) < 2 or threads < 2 or pick_demo_device(cfg) != "cpu":
-        results = {kind: prune_model(*a) for kind, a in args.items()}
+    if len(jobs) < 2 or threads < 2 or pick_demo_device(cfg).type != "cpu":
+        results = [prune_job(*a) for a in args]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        say(f"pruning the {' and '.join(runs)} models side by side ({threads // len(runs)} thread(s) each)")
+        say(f"pruning {len(jobs)} circuits in two worker processes ({threads // 2} thread(s) each)")
         ctx = multiprocessing.get_context("spawn")  # a fork would inherit torch's thread pool
-        with ProcessPoolExecutor(len(runs), mp_context=ctx) as pool:
-            futures = {kind: pool.submit(prune_model, *a, threads // len(runs)) for kind, a in args.items()}
-            results = {kind: f.result() for kind, f in futures.items()}
-    out = {}
-    for kind, (circuits, timings) in results.items():
-        out[kind] = circuits
+        with ProcessPoolExecutor(
+            2, mp_context=ctx, initializer=_worker_init, initargs=(threads // 2,)
+        ) as pool:
+            results = [f.result() for f in [pool.submit(prune_job, *a, progress=False) for a in args]]
+    out: dict[str, dict[str, dict]] = {kind: {} for kind in runs}
+    for (kind, task), (circuit, timings) in zip(jobs, results):
+        out[kind][task] = circuit
         cfg.timings.update(timings)
     return out
 
 
-def pick_demo_device(cfg: DemoConfig) -> str:
+def pick_demo_device(cfg: DemoConfig) -> torch.device:
     from sparsecircuits.circuits.session import pick_device
 
     return pick_device(cfg.device)
 
 
-def prune_model(
+_SESSIONS: dict = {}  # run dir -> PruneSession, per process (a worker prunes several tasks of a model)
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def prune_job(
     cfg: DemoConfig,
     kind: str,
     run_dir: Path,
-    tasks: list[str],
-    targets: dict[str, float],
-    natural: dict[str, list[dict]] | None,
-    threads: int | None = None,
-) -> tuple[dict[str, dict], dict[str, float]]:
-    """One model's circuits (task -> circuit or {"skipped": why}) and the seconds of each stage. threads: set
-    in a worker process (progress bars are off there: two processes would draw over each other).
-
-    A circuit pruned with other settings (another loss convention, target or pruning default: an older demo) is
-    pruned again.
-    """
+    task: str,
+    target: float,
+    natural: list[dict] | None,
+    progress: bool = True,
+) -> tuple[dict, dict[str, float]]:
+    """One circuit (or {"skipped": why}) and the seconds of its stage. A circuit pruned with other settings
+    (another loss convention, target or pruning default: an older demo) is pruned again."""
     from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
     from sparsecircuits.circuits.commands import score_lines
     from sparsecircuits.circuits.prune import PruneConfig
     from sparsecircuits.circuits.session import PruneSession, prune_one
 
-    if threads is not None:  # a worker: its cfg is a copy, whose timings go back to the parent
-        torch.set_num_threads(threads)
-        cfg.timings = {}
-    out: dict[str, dict] = {}
-    session = None
-    for task in tasks:
-        path = cfg.out / "circuits" / kind / f"{task}.circuit.json"
-        skip = path.with_suffix(".skipped")
-        pcfg = PruneConfig(
-            target_loss=targets[task],
-            steps=cfg.prune_steps,
-            batch_pairs=cfg.prune_batch_pairs,
-            loss_convention=cfg.loss_convention,
-        )
-        settings = json.dumps(asdict(pcfg), sort_keys=True)
-        tag = f"[{cfg.loss_convention}; {settings}]"
-        if path.is_file():
-            old = read_circuit(path)
-            hyper = (old.get("pruning") or {}).get("hyperparameters")
-            if hyper == json.loads(settings) and "upgraded_from" not in old:
-                out[task] = old  # pruned with exactly these settings: reuse it
-                continue
-        elif skip.is_file() and skip.read_text().startswith(tag + "\n"):
-            out[task] = {"skipped": skip.read_text().split("\n", 1)[1].strip()}
-            continue
-        session = session or PruneSession(run_dir, pick_demo_device(cfg), progress=threads is None)
-        with stage(cfg, f"pruning {task} in the {kind} model (target {targets[task]:g})"):
-            try:
-                circuit = prune_one(
-                    session, task, pcfg, 1, 256, cfg.eval_pairs, True, natural=(natural or {}).get(task)
-                )
-            except UserError as e:
-                skip.parent.mkdir(parents=True, exist_ok=True)
-                skip.write_text(f"{tag}\n{e}\n")  # the settings, then why
-                out[task] = {"skipped": str(e)}
-                click.echo(f"    {kind} {task} not reached: {e}", err=True)
-                continue
-        write_circuit(path, circuit)
-        out[task] = circuit
-        click.echo("\n".join(f"    {kind}: {line}" for line in score_lines(circuit)), err=True)
-    return out, cfg.timings
+    timed = dataclasses.replace(cfg, timings={})  # this job's stage only (a worker's cfg is a copy anyway)
+    path = cfg.out / "circuits" / kind / f"{task}.circuit.json"
+    skip = path.with_suffix(".skipped")
+    pcfg = PruneConfig(
+        target_loss=target,
+        steps=cfg.prune_steps,
+        batch_pairs=cfg.prune_batch_pairs,
+        loss_convention=cfg.loss_convention,
+    )
+    settings = json.dumps(asdict(pcfg), sort_keys=True)
+    tag = f"[{cfg.loss_convention}; {settings}]"
+    if path.is_file():
+        old = read_circuit(path)
+        hyper = (old.get("pruning") or {}).get("hyperparameters")
+        if hyper == json.loads(settings) and "upgraded_from" not in old:
+            return old, {}  # pruned with exactly these settings: reuse it
+    elif skip.is_file() and skip.read_text().startswith(tag + "\n"):
+        return {"skipped": skip.read_text().split("\n", 1)[1].strip()}, {}
+    if run_dir not in _SESSIONS:
+        _SESSIONS[run_dir] = PruneSession(run_dir, pick_demo_device(cfg), progress=progress)
+    with stage(timed, f"pruning {task} in the {kind} model (target {target:g})"):
+        try:
+            circuit = prune_one(_SESSIONS[run_dir], task, pcfg, 1, 256, cfg.eval_pairs, True, natural=natural)
+        except UserError as e:
+            skip.parent.mkdir(parents=True, exist_ok=True)
+            skip.write_text(f"{tag}\n{e}\n")  # the settings, then why
+            click.echo(f"    {kind} {task} not reached: {e}", err=True)
+            return {"skipped": str(e)}, timed.timings
+    write_circuit(path, circuit)
+    click.echo("\n".join(f"    {kind}: {line}" for line in score_lines(circuit)), err=True)
+    return circuit, timed.timings
 
 
 def smallest_circuit(circuits: dict[str, dict[str, dict]], kind: str = "sparse") -> str | None:
