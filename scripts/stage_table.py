@@ -30,8 +30,8 @@ def sizes(c: dict, key: str) -> str:
 def row(model: str, c: dict) -> str:
     v = c.get("validation") or {}
     suff, nec, res = v.get("sufficiency", {}), v.get("necessity", {}), v.get("resample", {})
-    nat = (v.get("natural") or {}).get("sufficiency", {})
-    natural = f"{nat['loss_calibrated']:.3f}" if nat else "-"
+    nat = v.get("natural") or {}
+    natural = f"{nat['circuit']['loss_calibrated']:.3f} ({nat['full_model']['loss_raw']:.3f})" if nat else "-"
     return (
         f"| {c['task']['name']} ({c['target_loss']:g}) | {model} | {sizes(c, 'nodes')} | {sizes(c, 'edges')} | "
         f"{suff.get('loss_raw', float('nan')):.3f} / {suff.get('loss_calibrated', float('nan')):.3f} | "
@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     print(
         "| task (target) | model | nodes (bisection -> clean-up -> edges) | edges | suff. raw / cal | raw acc | "
-        "nec. raw | resample raw / cal | natural cal | verdict | prune s |"
+        "nec. raw | resample raw / cal | natural: circuit cal (full model) | verdict | prune s |"
     )
     print("|---|---|---|---|---|---:|---:|---|---:|---|---:|")
     circuits = sorted(args.folder.glob("*/*.circuit.json"))
