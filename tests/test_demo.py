@@ -41,7 +41,7 @@ def test_demo_smoke(tmp_path, two_threads, capsys):
         device="cpu",
     )
     report = run_demo(cfg)
-    assert "circuits in two worker processes" in capsys.readouterr().err  # the side-by-side path ran
+    assert "circuits in 2 worker processes" in capsys.readouterr().err  # the side-by-side path ran
     summary = json.loads((cfg.out / "report.json").read_text())
     assert report.is_file() and "<img src='data:image/png;base64," in report.read_text()
     assert summary["tasks_pruned"] == ["single_double_quote", "bracket_counting"]

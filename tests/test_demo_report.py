@@ -120,7 +120,7 @@ def test_demo_prunes_again_a_circuit_pruned_with_other_settings(tmp_path, monkey
     from sparsecircuits.circuits.prune import PruneConfig
     from sparsecircuits.experiments.demo import prune_tasks
 
-    cfg = DemoConfig(out=tmp_path)
+    cfg = DemoConfig(out=tmp_path, workers=1)  # in this process, where the fakes below are installed
     same = PruneConfig(
         target_loss=0.15,
         steps=cfg.prune_steps,

@@ -40,6 +40,7 @@ class DemoConfig:
     target_loss: float = 0.15
     loss_convention: str = "pair-sum"  # the paper authors': a pair's two prompts summed (tasks/evaluate.py)
     prune_steps: int = 150
+    workers: int = 2  # processes sharing the prunes on a CPU with as many threads (1: all in this process)
     prune_batch_pairs: int = 32
     relaxed_cap: float = 1.2  # a task neither model learns below this (pair-sum) is not pruned
     natural: bool = True  # mine natural prompts from the installed third-party packages and score on them
@@ -227,27 +228,29 @@ def prune_tasks(
 ) -> dict[str, dict[str, dict]]:
     """Circuits for every (model, task); a task a model cannot reach is recorded with the reason.
 
-    On a CPU with two or more threads the (model, task) jobs are shared by two worker processes with half the
-    threads each (a pruning forward is too small to use two threads well, and a shared queue balances the
-    slower sparse prunes against the dense ones); progress bars are then off and each stage is timed in its
-    own process.
+    On a CPU with two or more threads the (model, task) jobs are shared by `cfg.workers` (2) worker
+    processes, the threads split between them (a pruning forward is too small to use two threads well, and a
+    shared queue balances the slower sparse prunes against the dense ones); progress bars are then off and
+    each stage is timed in its own process.
     """
     natural = natural or {}
     _SESSIONS.clear()  # a model may have changed since an earlier demo in this process
     jobs = [(kind, task) for task in tasks for kind in runs]
     args = [(cfg, kind, runs[kind], task, targets[task], natural.get(task)) for kind, task in jobs]
     threads = torch.get_num_threads()
-    if len(jobs) < 2 or threads < 2 or pick_demo_device(cfg).type != "cpu":
+    workers = min(cfg.workers, threads, len(jobs))
+    if workers < 2 or pick_demo_device(cfg).type != "cpu":
         results = [prune_job(*a) for a in args]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        say(f"pruning {len(jobs)} circuits in two worker processes ({threads // 2} thread(s) each)")
+        say(
+            f"pruning {len(jobs)} circuits in {workers} worker processes ({threads // workers} thread(s) each)"
+        )
         ctx = multiprocessing.get_context("spawn")  # a fork would inherit torch's thread pool
-        with ProcessPoolExecutor(
-            2, mp_context=ctx, initializer=_worker_init, initargs=(threads // 2,)
-        ) as pool:
+        init = (threads // workers,)
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
             results = [f.result() for f in [pool.submit(prune_job, *a, progress=False) for a in args]]
     out: dict[str, dict[str, dict]] = {kind: {} for kind in runs}
     for (kind, task), (circuit, timings) in zip(jobs, results):
