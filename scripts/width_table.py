@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from sparsecircuits.experiments import plots
+from sparsecircuits.experiments.report import read_metrics
 
 
 def read_cells(outs: list[Path]) -> dict[str, dict]:
@@ -37,7 +38,7 @@ def read_cells(outs: list[Path]) -> dict[str, dict]:
 
 def sparsified(run: Path) -> tuple[int, int]:
     """(nonzero, total) entries of the run's sparsified tensors, as its training metrics record them."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run)
     return rows[-1]["nonzero"], rows[0]["sparsified_params"]
 
 
