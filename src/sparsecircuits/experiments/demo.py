@@ -234,13 +234,21 @@ def prune_tasks(
     each stage is timed in its own process.
     """
     natural = natural or {}
-    _SESSIONS.clear()  # a model may have changed since an earlier demo in this process
-    jobs = [(kind, task) for task in tasks for kind in runs]
+    out: dict[str, dict[str, dict]] = {kind: {} for kind in runs}
+    jobs = []  # what must be pruned: circuits stored with exactly these settings are read, not pruned again
+    for task in tasks:
+        for kind in runs:
+            stored = stored_circuit(cfg, kind, task, targets[task])
+            if stored is None:
+                jobs.append((kind, task))
+            else:
+                out[kind][task] = stored
     args = [(cfg, kind, runs[kind], task, targets[task], natural.get(task)) for kind, task in jobs]
     threads = torch.get_num_threads()
     workers = min(cfg.workers, threads, len(jobs))
     if workers < 2 or pick_demo_device(cfg).type != "cpu":
         results = [prune_job(*a) for a in args]
+        _SESSIONS.clear()  # the models are not needed after pruning
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -252,7 +260,6 @@ def prune_tasks(
         init = (threads // workers,)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
             results = [f.result() for f in [pool.submit(prune_job, *a, progress=False) for a in args]]
-    out: dict[str, dict[str, dict]] = {kind: {} for kind in runs}
     for (kind, task), (circuit, timings) in zip(jobs, results):
         out[kind][task] = circuit
         cfg.timings.update(timings)
@@ -272,6 +279,45 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def demo_prune_config(cfg: DemoConfig, target: float):
+    """The PruneConfig the demo prunes a task with (circuits.prune defaults otherwise)."""
+    from sparsecircuits.circuits.prune import PruneConfig
+
+    return PruneConfig(
+        target_loss=target,
+        steps=cfg.prune_steps,
+        batch_pairs=cfg.prune_batch_pairs,
+        loss_convention=cfg.loss_convention,
+    )
+
+
+def stored_circuit(cfg: DemoConfig, kind: str, task: str, target: float) -> dict | None:
+    """The stored circuit (or {"skipped": why}) when it was pruned with exactly the settings the demo would use
+    now; None when it must be pruned (none stored, or another convention, target or default: an older demo)."""
+    from sparsecircuits.circuits.circuit_file import read_circuit
+
+    path, skip, settings = _job_files(cfg, kind, task, target)
+    if path.is_file():
+        old = read_circuit(path)
+        hyper = (old.get("pruning") or {}).get("hyperparameters")
+        if hyper == json.loads(settings) and "upgraded_from" not in old:
+            return old
+    elif skip.is_file() and skip.read_text().startswith(_tag(cfg, settings) + "\n"):
+        return {"skipped": skip.read_text().split("\n", 1)[1].strip()}
+    return None
+
+
+def _job_files(cfg: DemoConfig, kind: str, task: str, target: float) -> tuple[Path, Path, str]:
+    """The circuit file, its .skipped record, and the demo's prune settings as sorted JSON."""
+    path = cfg.out / "circuits" / kind / f"{task}.circuit.json"
+    settings = json.dumps(asdict(demo_prune_config(cfg, target)), sort_keys=True)
+    return path, path.with_suffix(".skipped"), settings
+
+
+def _tag(cfg: DemoConfig, settings: str) -> str:
+    return f"[{cfg.loss_convention}; {settings}]"  # first line of a .skipped record
+
+
 def prune_job(
     cfg: DemoConfig,
     kind: str,
@@ -281,39 +327,22 @@ def prune_job(
     natural: list[dict] | None,
     progress: bool = True,
 ) -> tuple[dict, dict[str, float]]:
-    """One circuit (or {"skipped": why}) and the seconds of its stage. A circuit pruned with other settings
-    (another loss convention, target or pruning default: an older demo) is pruned again."""
-    from sparsecircuits.circuits.circuit_file import read_circuit, write_circuit
+    """Prune one circuit (or record {"skipped": why}) and return it with the seconds of its stage."""
+    from sparsecircuits.circuits.circuit_file import write_circuit
     from sparsecircuits.circuits.commands import score_lines
-    from sparsecircuits.circuits.prune import PruneConfig
     from sparsecircuits.circuits.session import PruneSession, prune_one
 
     timed = dataclasses.replace(cfg, timings={})  # this job's stage only (a worker's cfg is a copy anyway)
-    path = cfg.out / "circuits" / kind / f"{task}.circuit.json"
-    skip = path.with_suffix(".skipped")
-    pcfg = PruneConfig(
-        target_loss=target,
-        steps=cfg.prune_steps,
-        batch_pairs=cfg.prune_batch_pairs,
-        loss_convention=cfg.loss_convention,
-    )
-    settings = json.dumps(asdict(pcfg), sort_keys=True)
-    tag = f"[{cfg.loss_convention}; {settings}]"
-    if path.is_file():
-        old = read_circuit(path)
-        hyper = (old.get("pruning") or {}).get("hyperparameters")
-        if hyper == json.loads(settings) and "upgraded_from" not in old:
-            return old, {}  # pruned with exactly these settings: reuse it
-    elif skip.is_file() and skip.read_text().startswith(tag + "\n"):
-        return {"skipped": skip.read_text().split("\n", 1)[1].strip()}, {}
+    path, skip, settings = _job_files(cfg, kind, task, target)
     if run_dir not in _SESSIONS:
         _SESSIONS[run_dir] = PruneSession(run_dir, pick_demo_device(cfg), progress=progress)
     with stage(timed, f"pruning {task} in the {kind} model (target {target:g})"):
         try:
+            pcfg = demo_prune_config(cfg, target)
             circuit = prune_one(_SESSIONS[run_dir], task, pcfg, 1, 256, cfg.eval_pairs, True, natural=natural)
         except UserError as e:
             skip.parent.mkdir(parents=True, exist_ok=True)
-            skip.write_text(f"{tag}\n{e}\n")  # the settings, then why
+            skip.write_text(f"{_tag(cfg, settings)}\n{e}\n")  # the settings, then why
             click.echo(f"    {kind} {task} not reached: {e}", err=True)
             return {"skipped": str(e)}, timed.timings
     write_circuit(path, circuit)
