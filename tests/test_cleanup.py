@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from sparsecircuits.circuits.cleanup import clean_up
@@ -59,6 +60,76 @@ def test_later_passes_spend_one_forward_per_node():
     assert [p["tried"] for p in res.passes] == [7, 3, 1] and [p["removed"] for p in res.passes] == [4, 2, 0]
     # the start, pass 1's 7 measurements and 3 removals after its first, then 3 and 1
     assert len(calls) == 1 + 7 + 3 + 3 + 1
+
+
+def plain_clean_up(evaluate, gates: torch.Tensor, target: float):
+    """The clean-up as first written: every pass scores every kept node (the reference for the faster loop)."""
+    gates = gates.clone()
+
+    def drop(g, u):
+        g = g.clone()
+        g[u] = 0.0
+        return g
+
+    kept = torch.nonzero(gates).flatten().tolist()
+    first = sorted((evaluate(drop(gates, u)).loss, u) for u in kept)
+    effects, removed = {u: loss for loss, u in first}, 0
+    for loss, u in first:
+        if loss > target:
+            break
+        s = evaluate(drop(gates, u)).loss if removed else loss
+        if s <= target and drop(gates, u).any():
+            gates, removed = drop(gates, u), removed + 1
+    removals = [removed]
+    while removed:
+        order = sorted(torch.nonzero(gates).flatten().tolist(), key=lambda u: (effects[u], u))
+        effects, removed = {}, 0
+        for u in order:
+            effects[u] = evaluate(drop(gates, u)).loss
+            if effects[u] <= target and drop(gates, u).any():
+                gates, removed = drop(gates, u), removed + 1
+        removals.append(removed)
+    return gates, removals, effects
+
+
+def interacting_evaluate(n: int, seed: int, calls: list):
+    """A loss where a missing node u costs pair[u, v] while node v is kept: once v has gone, u can go too, so
+    passes after the first keep removing nodes (up to 6 passes over these seeds)."""
+    g = torch.Generator().manual_seed(seed)
+    single = torch.rand(n, generator=g) * 0.02
+    pair = (torch.rand(n, n, generator=g) < 0.05) * torch.rand(n, n, generator=g) * 0.5
+
+    def evaluate(gates: torch.Tensor):
+        calls.append(1)
+        missing = 1.0 - gates
+        loss = 0.1 + float(single @ missing + missing @ pair @ gates)
+        return SimpleNamespace(loss=loss, accuracy_raw=1.0)
+
+    return evaluate
+
+
+def test_skipping_known_scores_and_scoring_side_by_side_keep_the_plain_loops_result():
+    for seed in range(6):
+        plain_calls: list = []
+        ref_gates, ref_removed, ref_effects = plain_clean_up(
+            interacting_evaluate(24, seed, plain_calls), torch.ones(24), 0.25
+        )
+        for width in (1, 3):
+            calls: list = []
+            evaluate = interacting_evaluate(24, seed, calls)
+            res = clean_up(
+                evaluate,
+                torch.ones(24),
+                0.25,
+                progress=False,
+                evaluate_many=lambda gs, evaluate=evaluate: [evaluate(g) for g in gs],
+                width=width,
+            )
+            assert torch.equal(res.gates, ref_gates)
+            assert [p["removed"] for p in res.passes] == ref_removed
+            assert res.effects == pytest.approx(ref_effects)
+            if width == 1:  # never more forwards than the plain loop (its start evaluation aside)
+                assert len(calls) - 1 <= len(plain_calls)
 
 
 def test_tied_query_key_masks_keep_or_drop_both():

@@ -40,6 +40,31 @@ def test_all_edges_open_is_bit_identical_to_the_node_circuit(tmp_path, opts):
     assert torch.equal(plain, open_)
 
 
+@pytest.mark.parametrize("opts", [{}, {"sink": True}, {"pos_emb": "concat", "d_pos_emb": 4}])
+def test_narrow_forward_scores_node_and_edge_circuits_as_the_wide_one(tmp_path, opts):
+    """gated_diff runs the last block at the answer positions only; masks and edge hooks act per position, so
+    the scores equal the full forward's."""
+    from sparsecircuits.circuits.scoring import PromptSet, correct_minus_wrong
+
+    model = small_model(**opts)
+    mask = NodeMask(widths(model), random_means(model, tmp_path))
+    gates = random_node_gates(mask, 0.7)
+    edges = EdgeMask(model, mask, gates)
+    closed = (torch.rand(edges.n_edges, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    g = torch.Generator().manual_seed(2)
+    prompts = PromptSet(
+        tokens=torch.randint(0, 32, (6, 16), generator=g),
+        last=torch.tensor([15, 3, 8, 0, 11, 6]),
+        correct=torch.randint(0, 32, (6,), generator=g),
+        wrong=torch.randint(0, 32, (6,), generator=g),
+        sign=torch.ones(6),
+    )
+    with torch.no_grad(), model.hooks(mask.hooks(gates)), edges.hooks(model, closed):
+        wide = correct_minus_wrong(model, prompts, narrow=False)
+        narrow = correct_minus_wrong(model, prompts, narrow=True)
+    assert torch.allclose(narrow, wide, atol=1e-5)
+
+
 def test_closed_edges_mean_replace_their_inputs_by_hand(tmp_path):
     """With AbsTopK off, a neuron's pre-activation under closed edges is W x + b - sum (x_j - mu_j) w_ij over
     its closed edges, computed here by hand from the cached inputs."""

@@ -510,6 +510,53 @@ def test_forward_at_positions_equals_full_logits(opts):
     assert torch.allclose(picked, full[torch.arange(4), at], atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"bigram_table": True, "sink": True, "final_logits_bias": True},
+        {"pos_emb": "concat", "d_pos_emb": 8},
+        {"n_layer": 1, "afrac": 1.0},
+    ],
+)
+def test_narrow_last_block_gives_the_same_logits(opts):
+    torch.manual_seed(0)
+    cfg = {"vocab_size": 50, "n_layer": 2, "d_model": 32, "n_head": 2, "d_head": 16, "d_mlp": 64, "n_ctx": 16}
+    model = GPT(ModelConfig(**{**cfg, **opts})).eval()
+    idx = torch.randint(0, 50, (4, 16))
+    at = torch.tensor([3, 15, 0, 7])
+    with torch.no_grad():
+        wide = model(idx, at=at)
+        narrow = model(idx, at=at, narrow=True)
+    assert narrow.shape == wide.shape == (4, 50)
+    assert torch.allclose(narrow, wide, atol=1e-5)
+
+
+def test_narrow_last_block_hooks_see_the_answer_positions_only():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, n_layer=2, d_model=32, n_head=2, d_head=16, d_mlp=64, n_ctx=16)
+    model = GPT(cfg).eval()
+    idx = torch.randint(0, 50, (3, 16))
+    at = torch.tensor([2, 9, 15])
+    seen = {}
+    names = ["0.mlp.post_act", "1.attn.act_in", "1.attn.q", "1.attn.k", "1.attn.pattern", "1.mlp.post_act"]
+
+    def reader(name: str):
+        return lambda x: seen.__setitem__(name, x)
+
+    with torch.no_grad(), model.hooks({n: reader(n) for n in names}):
+        model(idx, at=at, narrow=True)
+    assert seen["0.mlp.post_act"].shape == (3, 16, 64)  # earlier blocks run at every position
+    assert seen["1.attn.act_in"].shape == (3, 16, 32) and seen["1.attn.k"].shape == (3, 16, 32)
+    assert seen["1.attn.q"].shape == (3, 1, 32) and seen["1.mlp.post_act"].shape == (3, 1, 64)
+    pattern = seen["1.attn.pattern"]
+    assert pattern.shape == (3, 2, 1, 16)
+    assert torch.allclose(pattern.sum(-1), torch.ones(3, 2, 1))
+    assert (pattern[0, :, 0, 3:] == 0).all()  # the query at position 2 sees keys 0..2 only
+    with pytest.raises(ValueError):
+        model(idx, narrow=True)
+
+
 def test_abstopk_threshold_path_selects_the_reference_set():
     from sparsecircuits.model.abstopk import abstopk_reference, abstopk_threshold
 

@@ -12,7 +12,7 @@ from sparsecircuits.circuits.prune import PruneConfig
 def fake_prune(calls: list):
     """A prune whose circuit size falls with k_coef and with more steps (a stand-in for mask training)."""
 
-    def prune(model, means, train, evaluation, cfg, progress, pretraining):
+    def prune(model, means, train, evaluation, cfg, progress, pretraining, workers=1, effects=True):
         calls.append(cfg)
         k = int(1000 / (1 + 1e4 * cfg.k_coef) / math.sqrt(cfg.steps))
         return SimpleNamespace(k=k, score=SimpleNamespace(loss=0.1), seconds=0.0)

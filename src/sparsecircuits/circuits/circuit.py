@@ -13,38 +13,23 @@ from sparsecircuits.circuits.edges import circuit_edges, count_edges
 from sparsecircuits.circuits.nodes import nodes_to_names
 from sparsecircuits.circuits.prune import PruneResult
 
-MAX_EFFECT_NODES = 128  # per-node ablation effects cost one forward each (larger circuits: tau only)
-
 
 def gates_to_nodes(result: PruneResult, gates: torch.Tensor) -> dict[str, torch.Tensor]:
     return {loc: g.bool() for loc, g in result.mask.split(gates).items()}
 
 
-@torch.no_grad()
 def node_effects(result: PruneResult) -> dict[str, dict[str, float]]:
-    """Task loss with each circuit node alone removed (ablated) from the circuit, and its tau; the losses on
-    the bisection's validation prompts (result.evaluate), with the closed edges ablated if edges were pruned."""
-    if result.edge_gates is None:
-        return _node_effects(result, result.removal_effects)
-    with result.edge_mask.hooks(result.evaluate.model, result.edge_gates):
-        return _node_effects(result, {})  # the clean-up's measurements predate the edge stage
-
-
-def _node_effects(result: PruneResult, known: dict[int, float]) -> dict[str, dict[str, float]]:
-    evaluate = result.evaluate
+    """Per circuit node: its tau and the task loss with it alone removed (ablated) from the circuit, on the
+    bisection's validation prompts with the closed edges ablated (measured by prune; none above
+    prune.MAX_EFFECT_NODES nodes)."""
     kept = torch.nonzero(result.gates).flatten()
     names = nodes_to_names(gates_to_nodes(result, result.gates))
     info: dict[str, dict[str, float]] = {}
     tau = result.mask.expand(result.mask.tau.detach())  # per node (tie_qk: a pair shares its unit's tau)
     for name, i in zip(names, kept.tolist()):  # names and kept indices share the forward order
         entry = {"tau": round(float(tau[i]), 4)}
-        if len(kept) <= MAX_EFFECT_NODES:
-            effect = known.get(i)  # measured by the clean-up's final pass, if it ran
-            if effect is None:
-                g = result.gates.clone()
-                g[i] = 0.0
-                effect = evaluate(g).loss
-            entry["ablation_effect"] = round(effect, 5)
+        if i in result.removal_effects:
+            entry["ablation_effect"] = round(result.removal_effects[i], 5)
         info[name] = entry
     return info
 

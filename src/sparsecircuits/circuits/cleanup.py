@@ -4,14 +4,20 @@ still meets its target (the paper's authors did this by hand, about a researcher
 The first pass measures every kept node's ablation effect (the validation loss with that node alone removed),
 then tries the nodes in order of increasing effect, removing each one whose removal keeps the loss at or below
 the target given the removals already made. Later passes take the nodes in the order of the previous pass's
-effects and spend one forward per node: measured against the circuit as it stands, a node goes at once if the
-circuit still meets the target without it. Passes repeat until one removes nothing: that pass measured every
-node against the final circuit, so no single node can go.
+effects: measured against the circuit as it stands, a node goes at once if the circuit still meets the target
+without it. Passes repeat until one removes nothing, so no single node can go from the final circuit.
+
+Evaluations are deterministic, so a node whose removal was already scored against the circuit as it stands
+(and failed) is not scored again: a pass spends a forward only on nodes scored before the last removal. With
+`evaluate_many` and `width` > 1, the next `width` nodes a pass will score are scored side by side (model
+replicas on separate cores, circuits/parallel.py); results computed against a circuit that a removal then
+changed are dropped. Either way the removals, the final circuit and the effects are those of the plain loop.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -35,65 +41,85 @@ class CleanupResult:
 
 
 def clean_up(
-    evaluate,
+    evaluate: Callable[[torch.Tensor], Score],
     gates: torch.Tensor,
     target: float | Target,
     units: torch.Tensor | None = None,
     progress: bool = True,
+    evaluate_many: Callable[[list[torch.Tensor]], list[Score]] | None = None,
+    width: int = 1,
 ) -> CleanupResult:
     """Greedy removal until no single node (or tied unit) can go; at least one stays. gates: [n_nodes] 0/1
     meeting the target.
 
     evaluate: gates -> Score on the validation prompts (prune.Evaluator). units: [n_nodes] unit index when
-    nodes are tied (tied query/key channels go together), else every node is its own unit.
+    nodes are tied (tied query/key channels go together), else every node is its own unit. evaluate_many:
+    scores a list of gate vectors (side by side); width: how many candidates to score at once with it.
     """
     t0 = time.perf_counter()
     target = as_target(target)
     units = torch.arange(len(gates)) if units is None else units.cpu()
+    many = evaluate_many or (lambda gs: [evaluate(g) for g in gs])
     gates = gates.clone()
     best = evaluate(gates)
     if not target.met_by(best):
         raise ValueError(f"clean-up needs a circuit that meets its target ({best.loss:.4f}, {target})")
     before = int(gates.sum())
-    passes = []
+    passes: list[dict] = []
+    version = 0  # bumped at every removal
+    scored: dict[int, tuple[int, Score]] = {}  # unit -> (version it was scored against, its score)
 
     def drop(g: torch.Tensor, u: int) -> torch.Tensor:
         g = g.clone()
         g[units == u] = 0.0
         return g
 
-    effects: dict[int, float] = {}
-    while True:
-        kept_units = torch.unique(units[gates.cpu() > 0]).tolist()
-        desc = f"clean-up pass {len(passes) + 1}"
-        if not passes:
-            bar = tqdm(kept_units, desc=desc, disable=not progress, leave=False)
-            scored = sorted(((evaluate(drop(gates, u)), u) for u in bar), key=lambda su: (su[0].loss, su[1]))
-            effects = {u: s.loss for s, u in scored}
-            removed = 0
-            for first, u in scored:
-                if first.loss > target.loss:
-                    break  # sorted: every later node, measured against this pass's start, fails as well
-                if first.accuracy_raw < target.min_raw_accuracy:
-                    continue
-                candidate = drop(gates, u)
-                if not candidate.any():
-                    break  # a circuit keeps at least one node (a target at or above chance is met by none)
-                s = evaluate(candidate) if removed else first  # against the removals already made this pass
-                if target.met_by(s):
-                    gates, best, removed = candidate, s, removed + 1
-        else:
-            order = sorted(kept_units, key=lambda u: (effects[u], u))  # least important first, last pass
-            effects, removed = {}, 0
-            for u in tqdm(order, desc=desc, disable=not progress, leave=False):
-                candidate = drop(gates, u)
-                s = evaluate(candidate)
-                effects[u] = s.loss
-                if target.met_by(s) and candidate.any():
-                    gates, best, removed = candidate, s, removed + 1
-        passes.append(
-            {"pass": len(passes) + 1, "tried": len(kept_units), "removed": removed, "nodes": int(gates.sum())}
-        )
-        if removed == 0:
+    def current(u: int) -> bool:
+        return u in scored and scored[u][0] == version
+
+    def score_of(u: int, upcoming: list[int]) -> Score:
+        """u's removal scored against the circuit as it stands, with up to width - 1 upcoming units alongside."""
+        if not current(u):
+            batch = [u] + [w for w in upcoming if not current(w)][: max(0, width - 1)]
+            for w, s in zip(batch, many([drop(gates, w) for w in batch])):
+                scored[w] = (version, s)
+        return scored[u][1]
+
+    kept_units = torch.unique(units[gates.cpu() > 0]).tolist()
+    bar = tqdm(total=len(kept_units), desc="clean-up pass 1", disable=not progress, leave=False)
+    for i in range(0, len(kept_units), max(1, width)):
+        score_of(kept_units[i], kept_units[i + 1 :])
+        bar.update(min(max(1, width), len(kept_units) - i))
+    bar.close()
+    first = sorted(kept_units, key=lambda u: (scored[u][1].loss, u))
+    effects = {u: scored[u][1].loss for u in kept_units}  # the next pass's order
+    # sorted by effect: from the first node whose removal alone fails, every later one fails as well
+    candidates = []
+    for u in first:
+        if scored[u][1].loss > target.loss:
             break
+        if scored[u][1].accuracy_raw >= target.min_raw_accuracy:
+            candidates.append(u)
+    order, pass_no, tried = candidates, 1, set(kept_units)
+    while True:
+        removed = 0
+        bar = tqdm(order, desc=f"clean-up pass {pass_no}", disable=not progress, leave=False)
+        for i, u in enumerate(bar):
+            if not current(u):
+                tried.add(u)
+            s = score_of(u, order[i + 1 :])
+            candidate = drop(gates, u)
+            if target.met_by(s) and candidate.any():  # a circuit keeps at least one node
+                gates, best, removed, version = candidate, s, removed + 1, version + 1
+                scored.pop(u)
+        passes.append({"pass": pass_no, "tried": len(tried), "removed": removed, "nodes": int(gates.sum())})
+        kept_units = torch.unique(units[gates.cpu() > 0]).tolist()
+        if removed == 0:
+            break  # every kept node was scored against this very circuit and failed
+        if pass_no > 1:
+            effects = {u: scored[u][1].loss for u in kept_units}
+        # least important first, by the last pass's effects (pass 1: the measurements against its start)
+        order = sorted(kept_units, key=lambda u: (effects[u], u))
+        pass_no, tried = pass_no + 1, set()
+    effects = {u: scored[u][1].loss for u in kept_units}
     return CleanupResult(gates, best, before, passes, time.perf_counter() - t0, effects)

@@ -163,6 +163,13 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
     "--edge-k-coef", default=1e-4, show_default=True, type=NON_NEGATIVE, help="Penalty per open edge."
 )
 @click.option("--no-validate", is_flag=True, help="Skip the sufficiency/necessity/random/resample checks.")
+@click.option(
+    "--workers",
+    type=count(1, 256),
+    default=None,
+    help="Threads scoring candidate circuits side by side, each on its own copy of the model  "
+    "[default: torch's CPU thread count; 1 on a GPU]. Results do not depend on it.",
+)
 @seed_option()
 @device_option()
 @force_option("Overwrite the circuit files (and summary.json) this project wrote.")
@@ -193,6 +200,7 @@ def prune(
     edge_steps,
     edge_k_coef,
     no_validate,
+    workers,
     seed,
     device,
     force,
@@ -236,7 +244,7 @@ def prune(
     ).validate()
     natural = {t: load_natural(prompts_file, t) for t in tasks}  # a malformed file fails before any work
     session = PruneSession(
-        model_dir, pick_device(device), mean_windows, progress=not quiet, data_dir=data_dir
+        model_dir, pick_device(device), mean_windows, progress=not quiet, data_dir=data_dir, workers=workers
     )
     rows = []
     for t in tasks:

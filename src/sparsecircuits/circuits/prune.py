@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from sparsecircuits.circuits.cleanup import clean_up
 from sparsecircuits.circuits.edge_masks import EdgeMask
 from sparsecircuits.circuits.edges import count_edges
 from sparsecircuits.circuits.masks import Gates, NodeMask
+from sparsecircuits.circuits.parallel import Replicas
 from sparsecircuits.circuits.scoring import (
     Calibration,
     PromptSet,
@@ -35,6 +38,8 @@ from sparsecircuits.circuits.scoring import (
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import GPT
 from sparsecircuits.tasks.evaluate import DEFAULT_CONVENTION, check_convention
+
+MAX_EFFECT_NODES = 128  # per-node ablation effects cost one forward each (larger circuits: tau only)
 
 
 @dataclass
@@ -95,7 +100,8 @@ class PruneResult:
     evaluate: Evaluator | None = None  # the bisection's scorer on the validation prompts
     stages: dict = field(default_factory=dict)  # nodes after the bisection and after the clean-up
     bisection_gates: torch.Tensor | None = None  # [n_nodes] the circuit before the clean-up
-    # node index -> loss with that node alone removed, measured by the clean-up's final pass (untied masks)
+    # node index -> validation loss with that node alone removed from the final circuit (closed edges ablated);
+    # empty above MAX_EFFECT_NODES nodes
     removal_effects: dict[int, float] = field(default_factory=dict)
     edge_mask: EdgeMask | None = None  # the edge stage's gates over the node circuit's edges, if it ran
     edge_gates: torch.Tensor | None = None  # [n_edges] 0/1: the kept edges
@@ -116,18 +122,22 @@ def train_mask(
     cfg: PruneConfig,
     progress: bool = True,
     donors: DonorSource | None = None,
-    diff: Callable[[torch.Tensor, PromptSet], torch.Tensor] | None = None,
+    diff: Callable[[GPT, torch.Tensor, PromptSet], torch.Tensor] | None = None,
     k_coef: float | None = None,
     steps: int | None = None,
+    pool: Replicas | None = None,
 ) -> list[dict]:
     """Optimise the gates on batches of training pairs. Returns the logged history.
 
     donors: for the resample ablations, where each batch's ablated values come from (fresh every step).
-    diff: (gates, batch) -> correct-minus-wrong logit difference [N] of the gated model; by default the node
-    gates of `mask` on `model`. k_coef, steps: override the config's (the edge stage has its own).
+    diff: (model, gates, chunk) -> correct-minus-wrong logit difference [n] of the gated model on a chunk of
+    prompts; by default the node gates of `mask`. k_coef, steps: override the config's (the edge stage has its
+    own). pool: model replicas on which a step's length buckets run side by side. Each bucket's gradient is
+    taken on its own and the buckets' are summed in order, so the mask never depends on the number of workers.
     """
     k_coef = cfg.k_coef if k_coef is None else k_coef
     steps = cfg.steps if steps is None else steps
+    pool = pool or Replicas(model)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(
         [mask.tau], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
@@ -139,26 +149,47 @@ def train_mask(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, steps, cfg.warmup_frac)
         batch = train.subset(torch.randperm(len(train), generator=gen)[:n_prompts])
-        gates = mask.gates()
-        if diff is None:
-            values = donors(batch.tokens, batch.last, mask.locations) if donors else None
-            d = gated_diff(model, mask, gates, batch, values)
-        else:
-            d = diff(gates, batch)
-        t_loss = task_loss(d, cfg.loss_convention)
-        active = gates.sum()
-        loss = t_loss + k_coef * active
+        values = donors(batch.tokens, batch.last, mask.locations) if donors and diff is None else None
+
+        one = functools.partial(_bucket_gradient, batch=batch, values=values, mask=mask, diff=diff, cfg=cfg)
+        shares = pool.map(one, batch.length_buckets()[::-1])  # longest first: the workers finish together
+        active = mask.gates().sum()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (k_coef * active).backward()
+        for _, grad in shares:  # in bucket order, whatever the number of workers
+            mask.tau.grad += grad
+        t_loss = sum(share for share, _ in shares)
         torch.nn.utils.clip_grad_norm_([mask.tau], cfg.grad_clip)
         opt.step()
         mask.clamp_()
         if step % 10 == 0 or step == steps - 1:
-            history.append(
-                {"step": step, "task_loss": float(t_loss.detach()), "active": int(active.detach())}
-            )
-            bar.set_postfix(task_loss=f"{float(t_loss.detach()):.3f}", active=int(active.detach()))
+            history.append({"step": step, "task_loss": float(t_loss), "active": int(active.detach())})
+            bar.set_postfix(task_loss=f"{float(t_loss):.3f}", active=int(active.detach()))
     return history
+
+
+def _bucket_gradient(
+    model: GPT,
+    rows: torch.Tensor,
+    batch: PromptSet,
+    values: dict[str, torch.Tensor] | None,
+    mask: Gates,
+    diff: Callable[[GPT, torch.Tensor, PromptSet], torch.Tensor] | None,
+    cfg: PruneConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One length bucket's share of the batch's task loss (0-d) and its gradient with respect to tau."""
+    chunk = batch.subset(rows)
+    gates = mask.gates()
+    if diff is None:
+        part = None if values is None else {k: v[rows, : chunk.tokens.shape[1]] for k, v in values.items()}
+        d = gated_diff(model, mask, gates, chunk, part)
+    else:
+        d = diff(model, gates, chunk)
+    share = task_loss(d, cfg.loss_convention) * (len(rows) / len(batch))
+    if not share.requires_grad:  # no gate reaches these logits (e.g. every edge gate open: no hook installed)
+        return share, torch.zeros_like(mask.tau)
+    (grad,) = torch.autograd.grad(share, mask.tau, allow_unused=True)
+    return share.detach(), torch.zeros_like(mask.tau) if grad is None else grad
 
 
 class Evaluator:
@@ -178,10 +209,30 @@ class Evaluator:
         convention: str = DEFAULT_CONVENTION,
         donors: DonorSource | None = None,
         split: str = "val",
+        pool: Replicas | None = None,
     ):
         self.model, self.mask, self.prompts, self.calibrated = model, mask, prompts, calibrated
-        self.convention, self.split = convention, split
+        self.convention, self.split, self.pool = convention, split, pool
         self.values = donors(prompts.tokens, prompts.last, mask.locations) if donors else None
+
+    def on(self, model: GPT) -> Evaluator:
+        """This evaluator on another replica of its model (parallel.Replicas)."""
+        if model is self.model:
+            return self
+        twin = copy.copy(self)
+        twin.model = model
+        return twin
+
+    def many(self, gate_list: list[torch.Tensor]) -> list[Score]:
+        """Scores of several gate vectors, side by side on the pool's replicas when there is a pool."""
+        if self.pool is None:
+            return [self(g) for g in gate_list]
+        return self.pool.map(lambda model, g: self.on(model)(g), gate_list)
+
+    @property
+    def width(self) -> int:
+        """How many gate vectors `many` scores at once."""
+        return 1 if self.pool is None else self.pool.workers
 
     @torch.no_grad()
     def diff(self, gates: torch.Tensor) -> torch.Tensor:
@@ -199,14 +250,63 @@ class EdgeEvaluator(Evaluator):
 
     def __init__(self, nodes: Evaluator, edges: EdgeMask, node_gates: torch.Tensor):
         super().__init__(
-            nodes.model, edges, nodes.prompts, nodes.calibrated, nodes.convention, None, nodes.split
+            nodes.model,
+            edges,
+            nodes.prompts,
+            nodes.calibrated,
+            nodes.convention,
+            None,
+            nodes.split,
+            nodes.pool,
         )
         self.nodes, self.node_gates = nodes, node_gates
+
+    def on(self, model: GPT) -> EdgeEvaluator:
+        twin = super().on(model)
+        if twin is not self:
+            twin.nodes = self.nodes.on(model)
+        return twin
 
     @torch.no_grad()
     def diff(self, gates: torch.Tensor) -> torch.Tensor:
         with self.mask.hooks(self.model, gates):
             return self.nodes.diff(self.node_gates)
+
+
+class WithClosedEdges(Evaluator):
+    """Scores node gate vectors of `nodes` with the edge stage's closed edges (`edge_gates` [n_edges]) ablated."""
+
+    def __init__(self, nodes: Evaluator, edges: EdgeMask, edge_gates: torch.Tensor):
+        super().__init__(
+            nodes.model,
+            nodes.mask,
+            nodes.prompts,
+            nodes.calibrated,
+            nodes.convention,
+            None,
+            nodes.split,
+            nodes.pool,
+        )
+        self.values, self.edges, self.edge_gates = nodes.values, edges, edge_gates
+
+    @torch.no_grad()
+    def diff(self, gates: torch.Tensor) -> torch.Tensor:
+        with self.edges.hooks(self.model, self.edge_gates):
+            return super().diff(gates)
+
+
+def removal_effects_of(evaluate: Evaluator, gates: torch.Tensor, known: dict[int, float]) -> dict[int, float]:
+    """node index -> validation loss with that node alone removed from the circuit `gates` [n_nodes]; `known`
+    losses are reused, the others scored side by side (evaluate.many)."""
+    kept = torch.nonzero(gates).flatten().tolist()
+    missing = [i for i in kept if i not in known]
+    candidates = []
+    for i in missing:
+        g = gates.clone()
+        g[i] = 0.0
+        candidates.append(g)
+    measured = {i: s.loss for i, s in zip(missing, evaluate.many(candidates))}
+    return {i: known[i] if i in known else measured[i] for i in kept}
 
 
 def bisect_nodes(evaluate: Evaluator, mask: Gates, target: float | Target) -> tuple[int, Score, list[dict]]:
@@ -248,15 +348,27 @@ def prune(
     cfg: PruneConfig,
     progress: bool = True,
     pretraining: str | None = None,
+    workers: int = 1,
+    effects: bool = True,
 ) -> PruneResult:
     """Learn node gates for one task and bisect to the target loss. `model` is left unchanged.
 
     pretraining: a token file (the dataset's val.bin), needed by the "resample" ablation's donors.
+    workers: threads that score candidate circuits side by side (circuits/parallel.py); the result does not
+    depend on it. effects: measure each node's removal effect on the final circuit (one forward per node the
+    clean-up did not already score against it).
     """
     cfg.validate()
-    t0 = time.perf_counter()
     model.eval()
     model.requires_grad_(False)
+    with Replicas(model, workers) as pool:
+        return _prune(model, means, train, evaluation, cfg, progress, pretraining, pool, effects)
+
+
+def _prune(
+    model, means, train, evaluation, cfg, progress, pretraining, pool: Replicas, effects: bool
+) -> PruneResult:
+    t0 = time.perf_counter()
     mask = NodeMask.for_model(
         model,
         means,
@@ -268,7 +380,7 @@ def prune(
         tie_qk=cfg.tie_qk,
     )
     donors = make_donor_source(model, cfg.ablation, pretraining, cfg.seed)
-    evaluate = Evaluator(model, mask, evaluation, cfg.calibrate, cfg.loss_convention, donors)
+    evaluate = Evaluator(model, mask, evaluation, cfg.calibrate, cfg.loss_convention, donors, pool=pool)
     full = evaluate(torch.ones(mask.n_nodes))
     if full.loss > cfg.target_loss:
         raise UserError(
@@ -277,7 +389,7 @@ def prune(
         )
     # a circuit need not answer better than the model it came from
     target = Target(cfg.target_loss, min(cfg.min_raw_accuracy, full.accuracy_raw))
-    history = train_mask(model, mask, train, cfg, progress, donors)
+    history = train_mask(model, mask, train, cfg, progress, donors, pool=pool)
     k, best, trace = bisect_nodes(evaluate, mask, target)
     gates = bisected = mask.top_k_gates(k)
     if not math.isfinite(best.loss):
@@ -285,7 +397,9 @@ def prune(
     stages = {"bisection": {"nodes": int(gates.sum()), "seconds": round(time.perf_counter() - t0, 2)}}
     removal_effects: dict[int, float] = {}
     if cfg.cleanup and int(gates.sum()) <= cfg.cleanup_max_nodes:
-        cleaned = clean_up(evaluate, gates, target, mask.unit_index(), progress)
+        cleaned = clean_up(
+            evaluate, gates, target, mask.unit_index(), progress, evaluate.many, evaluate.width
+        )
         gates, best = cleaned.gates, cleaned.score
         removal_effects = cleaned.effects if mask.units is None else {}  # a tied unit is not one node
         stages["cleanup"] = {
@@ -314,6 +428,12 @@ def prune(
             "edges": int(edge_gates.sum()) if edge_gates is not None else edge_mask.n_edges,
             "seconds": round(time.perf_counter() - t1, 2),
         }
+    if effects and int(gates.sum()) <= MAX_EFFECT_NODES:
+        final = evaluate if edge_gates is None else WithClosedEdges(evaluate, edge_mask, edge_gates)
+        known = removal_effects if edge_gates is None else {}  # the clean-up's predate the edge stage
+        removal_effects = removal_effects_of(final, gates, known)
+    else:
+        removal_effects = {}
     seconds = time.perf_counter() - t0
     return PruneResult(
         mask,
@@ -367,12 +487,20 @@ def prune_edges(
     if edges.n_edges == 0:
         return edges, None, None, []
 
-    def diff(gates: torch.Tensor, batch: PromptSet) -> torch.Tensor:
-        with edges.hooks(model, gates):
-            return gated_diff(model, mask, node_gates, batch)
+    def diff(replica: GPT, gates: torch.Tensor, chunk: PromptSet) -> torch.Tensor:
+        with edges.hooks(replica, gates):
+            return gated_diff(replica, mask, node_gates, chunk)
 
     history = train_mask(
-        model, edges, train, cfg, progress, diff=diff, k_coef=cfg.edge_k_coef, steps=cfg.edge_steps
+        model,
+        edges,
+        train,
+        cfg,
+        progress,
+        diff=diff,
+        k_coef=cfg.edge_k_coef,
+        steps=cfg.edge_steps,
+        pool=evaluate.pool,
     )
     edge_eval = EdgeEvaluator(evaluate, edges, node_gates)
     k, best, trace = bisect_nodes(edge_eval, edges, target)

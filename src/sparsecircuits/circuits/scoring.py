@@ -80,9 +80,12 @@ def from_task_batch(batch, a_tokens: Tensor | None = None) -> PromptSet:
     return PromptSet(tokens, batch.last, batch.correct, batch.wrong, sign)
 
 
-def correct_minus_wrong(model: GPT, prompts: PromptSet) -> Tensor:
-    """Logit of the correct minus the wrong token at each prompt's last position. Returns [N]."""
-    at_last = model(prompts.tokens, at=prompts.last)  # [N, V]
+def correct_minus_wrong(model: GPT, prompts: PromptSet, narrow: bool = False) -> Tensor:
+    """Logit of the correct minus the wrong token at each prompt's last position. Returns [N].
+
+    narrow: the last block runs at the last positions only (GPT.forward); off for hooks that read or write
+    its other positions (resample donors)."""
+    at_last = model(prompts.tokens, at=prompts.last, narrow=narrow)  # [N, V]
     rows = torch.arange(len(prompts), device=at_last.device)
     return at_last[rows, prompts.correct] - at_last[rows, prompts.wrong]
 
@@ -102,7 +105,7 @@ def gated_diff(
         T = chunk.tokens.shape[1]
         values = None if donors is None else {k: v[rows.to(v.device), :T] for k, v in donors.items()}
         with model.hooks(mask.hooks(gates, values)):
-            parts.append(correct_minus_wrong(model, chunk))
+            parts.append(correct_minus_wrong(model, chunk, narrow=donors is None))
         order.append(rows)
     return torch.cat(parts)[torch.argsort(torch.cat(order)).to(parts[0].device)]
 

@@ -43,6 +43,7 @@ def search(
     progress: bool = True,
     log=print,
     pretraining: str | None = None,
+    workers: int = 1,
 ) -> tuple[PruneResult, list[dict]]:
     """Successive halving over `budget` settings; returns the best result and a summary row per trial.
 
@@ -50,7 +51,7 @@ def search(
     the bisection's circuit size (ties: loss); the better half is re-run with twice the steps, and so on,
     until the last survivor runs the full `base.steps` with the clean-up as configured. Survivors restart
     from scratch (the mask's schedule depends on its length), so the cost is about R + 1 full trials rather
-    than `budget`. budget 1 is one plain trial with the base setting.
+    than `budget`. budget 1 is one plain trial with the base setting. workers: see prune.prune.
     """
     rng = random.Random(base.seed)
     survivors = [propose(base, trial, rng) for trial in range(budget)]
@@ -65,7 +66,9 @@ def search(
             trial_cfg = dataclasses.replace(
                 cfg, steps=steps, cleanup=cfg.cleanup and last, edges=cfg.edges and last
             )
-            res = prune(model, means, train, evaluation, trial_cfg, progress, pretraining)
+            res = prune(
+                model, means, train, evaluation, trial_cfg, progress, pretraining, workers, effects=last
+            )
             results.append((res, cfg))
             rows.append(
                 {

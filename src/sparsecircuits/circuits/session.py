@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import torch
 
+from sparsecircuits.circuits.parallel import default_workers
 from sparsecircuits.errors import UserError
 
 
@@ -53,6 +54,7 @@ class PruneSession:
         mean_windows: int = 64,
         progress: bool = True,
         data_dir: Path | None = None,
+        workers: int | None = None,
     ):
         from sparsecircuits.circuits.means import cached_means, model_content_hash
         from sparsecircuits.run import load_run
@@ -60,6 +62,8 @@ class PruneSession:
         self.run = load_run(model_dir, device)
         self.model = self.run.model
         self.progress = progress
+        # threads scoring candidate circuits side by side (circuits/parallel.py); results do not depend on it
+        self.workers = default_workers(device) if workers is None else max(1, workers)
         self.dataset = pretraining_data(self.run, data_dir)
         self.pretraining = str(self.dataset.val_bin)  # donors of the resample ablation
         if progress:
@@ -134,6 +138,7 @@ def prune_one(
         session.progress,
         log=lambda s: click.echo(s, err=True),
         pretraining=session.pretraining,
+        workers=session.workers,
     )
     task_info = {
         "name": task,

@@ -101,15 +101,23 @@ class AttentionSink(nn.Module):
         self.sink_logit = nn.Parameter(torch.zeros(n_head))
 
 
-def attention_probs(q: Tensor, k: Tensor, sink_logit: Tensor | None = None) -> Tensor:
+def attention_probs(
+    q: Tensor, k: Tensor, sink_logit: Tensor | None = None, q_pos: Tensor | None = None
+) -> Tensor:
     """Causal softmax attention probabilities, optionally with a sink slot of value zero.
 
-    q, k: [B, H, T, d_head]; sink_logit: [H] or None. Returns float32 [B, H, T, T] where
-    a(t, s) = exp(score) / (exp(b_h) + sum_{s' <= t} exp(score)), so rows sum to less than 1 with a sink.
+    q: [B, H, Tq, d_head], k: [B, H, T, d_head]; sink_logit: [H] or None. q_pos: [B] the position of each
+    prompt's single query (Tq = 1, the narrowed last block) or None (Tq = T, query t at position t).
+    Returns float32 [B, H, Tq, T] where a(t, s) = exp(score) / (exp(b_h) + sum_{s' <= t} exp(score)), so rows
+    sum to less than 1 with a sink.
     """
-    T = q.shape[-2]
+    T = k.shape[-2]
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    keys = torch.arange(T, device=q.device)
+    if q_pos is None:
+        future = keys[None, :] > keys[:, None]  # [T, T]
+    else:
+        future = (keys[None, :] > q_pos[:, None])[:, None, None, :]  # [B, 1, 1, T]
     scores = scores.masked_fill(future, float("-inf"))
     if sink_logit is None:
         return scores.softmax(dim=-1)
@@ -128,25 +136,33 @@ class CausalSelfAttention(nn.Module):
         self.attn_imp = AttentionSink(cfg.n_head) if cfg.sink else None
         self.topk = _topk_ks(cfg, "attn")
 
-    def forward(self, x: Tensor, hook: _HookScope) -> Tensor:
-        """x: normalised input [B, T, d_in] -> residual write [B, T, d_model]."""
+    def forward(self, x: Tensor, hook: _HookScope, at: Tensor | None = None) -> Tensor:
+        """x: normalised input [B, T, d_in] -> residual write [B, T, d_model].
+
+        at: [B] positions; then only those queries are computed and the write is [B, 1, d_model]."""
         x = hook("attn.act_in", _sparsify(x, self.topk["act_in"]))
         q, k, v = self.c_attn(x).split(self.n_head * self.d_head, dim=-1)
+        if at is not None:
+            q = q[torch.arange(len(at), device=q.device), at].unsqueeze(1)  # [B, 1, H * d_head]
         q = hook("attn.q", _sparsify(q, self.topk["q"]))
         k = hook("attn.k", _sparsify(k, self.topk["k"]))
         v = hook("attn.v", _sparsify(v, self.topk["v"]))
-        y = self._attend(q, k, v, hook)
+        y = self._attend(q, k, v, hook, at)
         return hook("attn.resid_delta", _sparsify(self.c_proj(y), self.topk["resid_delta"]))
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, hook: _HookScope) -> Tensor:
-        """Flat q, k, v [B, T, H * d_head] -> per-head outputs side by side [B, T, H * d_head]."""
-        B, T, _ = q.shape
-        q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, hook: _HookScope, at: Tensor | None) -> Tensor:
+        """Flat q [B, Tq, H * d_head], k, v [B, T, H * d_head] -> per-head outputs side by side
+        [B, Tq, H * d_head]. Tq is T, or 1 with `at` (one query per prompt, at position at[b])."""
+        B, Tq, _ = q.shape
+        T = k.shape[1]
+        q = q.view(B, Tq, self.n_head, self.d_head).transpose(1, 2)
+        k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (k, v))
         sink = None if self.attn_imp is None else self.attn_imp.sink_logit
-        fused = sink is None or sink_attention.USE_FUSED_SINK
+        fused = at is None and (sink is None or sink_attention.USE_FUSED_SINK)
         y = None
         if hook.has("attn.pattern") or not fused:
-            probs = attention_probs(q, k, sink)
+            # One query row per prompt (at) is cheap to materialise: no fused kernel needed there
+            probs = attention_probs(q, k, sink, at)
             patched = hook("attn.pattern", probs)
             # A patched pattern is applied as given; read-only hooks keep the fused path, so they never
             # perturb the logits.
@@ -154,7 +170,7 @@ class CausalSelfAttention(nn.Module):
                 y = patched.to(v.dtype) @ v
         if y is None:
             y = self._sdpa(q, k, v, sink)
-        return y.transpose(1, 2).reshape(B, T, self.n_head * self.d_head)
+        return y.transpose(1, 2).reshape(B, Tq, self.n_head * self.d_head)
 
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, sink: Tensor | None) -> Tensor:
         scale = 1.0 / math.sqrt(self.d_head)
@@ -190,10 +206,17 @@ class Block(nn.Module):
         self.ln_p1 = RMSNorm(cfg.d_pos_emb, cfg.norm_eps) if concat else None
         self.ln_p2 = RMSNorm(cfg.d_pos_emb, cfg.norm_eps) if concat else None
 
-    def forward(self, x: Tensor, pos: Tensor | None, hook: _HookScope) -> Tensor:
-        """x: residual [B, T, d_model]; pos: [T, d_pos_emb] position channels or None."""
+    def forward(self, x: Tensor, pos: Tensor | None, hook: _HookScope, at: Tensor | None = None) -> Tensor:
+        """x: residual [B, T, d_model]; pos: [T, d_pos_emb] position channels or None.
+
+        at: [B] positions; then the block computes its attention queries and everything after them only there
+        and returns [B, 1, d_model] (the residual at those positions)."""
         x = hook("resid_in", x)
-        x = self._add(x, self.attn(self._read(x, pos, self.ln_1, self.ln_p1), hook))
+        delta = self.attn(self._read(x, pos, self.ln_1, self.ln_p1), hook, at)
+        if at is not None:
+            x = x[torch.arange(len(at), device=x.device), at].unsqueeze(1)
+            pos = None if pos is None else pos[at].unsqueeze(1)  # [B, 1, d_pos_emb]
+        x = self._add(x, delta)
         x = hook("resid_mid", x)
         return self._add(x, self.mlp(self._read(x, pos, self.ln_2, self.ln_p2), hook))
 
@@ -247,29 +270,40 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
         # Norm weights start at 1; sink logits, bigram table and final logits bias at 0 (set above).
 
-    def forward(self, idx: Tensor, at: Tensor | None = None) -> Tensor:
+    def forward(self, idx: Tensor, at: Tensor | None = None, narrow: bool = False) -> Tensor:
         """idx: token ids [B, T] (T <= n_ctx) -> logits [B, T, vocab], float32 (also under autocast).
 
         at: optional LongTensor [B] of positions. Then only those positions are unembedded and the logits
         are [B, vocab] (the `final_resid` and `logits` hooks see the gathered [B, 1, ...] tensors). Task
         evaluation and pruning read one position per prompt; this skips the other positions' unembedding,
         which dominates the cost of small models.
+
+        narrow (with `at`): the last block also computes its queries and everything after them only at `at`,
+        since the logits there read nothing else of it; its hooks from `attn.q` on (but `attn.k`, `attn.v`) see
+        [B, 1, ...] tensors ([B, n_head, 1, T] at `attn.pattern`). The logits equal the wide forward's up to
+        float rounding. For callers whose hooks act per position (node masks, scoring): about 1.5x faster on a
+        two-layer model.
         """
         cfg = self.cfg
         T = idx.shape[1]
         if T > cfg.n_ctx:
             raise UserError(f"sequence length {T} exceeds the model's context n_ctx = {cfg.n_ctx}")
+        if narrow and at is None:
+            raise ValueError("narrow needs the positions `at`")
         x = self.transformer.wte(idx)
         pos = None
         if cfg.pos_emb == "add":
             x = x + self.transformer.wpe.weight[:T]
         elif cfg.pos_emb == "concat":
             pos = self.transformer.wpe.weight[:T]
+        last = len(self.transformer.h) - 1
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, pos, _HookScope(self._hooks, f"{layer}."))
+            x = block(x, pos, _HookScope(self._hooks, f"{layer}."), at if narrow and layer == last else None)
         if at is not None:
             rows = torch.arange(idx.shape[0], device=idx.device)
-            x, idx = x[rows, at].unsqueeze(1), idx[rows, at].unsqueeze(1)
+            idx = idx[rows, at].unsqueeze(1)
+            if not narrow:
+                x = x[rows, at].unsqueeze(1)
         top = _HookScope(self._hooks, "")
         x = top("final_resid", x)
         unembed = self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
