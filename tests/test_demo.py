@@ -157,6 +157,14 @@ def test_a_demo_directory_is_not_resumed_with_other_models(tmp_path):
         check_models_kind(DemoConfig(out=out, models="shipped"))
     with pytest.raises(UserError, match="preset tiny"):
         check_models_kind(DemoConfig(out=out, models="train", preset="demo"))
+    shipped_out = tmp_path / "shipped"
+    shipped_out.mkdir()
+    check_models_kind(DemoConfig(out=shipped_out, models="shipped"))
+    check_models_kind(DemoConfig(out=shipped_out, models="shipped"))  # a resume with the same pair
+    # a demo folder written before artifacts/demo changed (no record of its pair, or another one)
+    (shipped_out / "demo.json").write_text(json.dumps({"models": "shipped", "preset": None}))
+    with pytest.raises(UserError, match="earlier shipped model pair"):
+        check_models_kind(DemoConfig(out=shipped_out, models="shipped"))
 
 
 def test_demo_prunes_the_required_tasks_and_every_task_both_models_learn():

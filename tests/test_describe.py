@@ -135,6 +135,32 @@ def test_label_names_the_token_a_node_fires_on(tmp_path):
     assert logit["toward"] == ")" and logit["feeds_unembedding"]
 
 
+def test_a_position_channel_is_labelled_by_position_and_explained_as_one(tmp_path):
+    """With concatenated positions, act_in index d_model + c is position channel c: labelled by where along
+    the context it is largest (set by hand here), and counted apart from the residual reads by explain."""
+    model = small_model(n_layer=1, afrac=1.0, pos_emb="concat", d_pos_emb=4)  # d_model 16: channel 18 is c 2
+    with torch.no_grad():
+        model.transformer.wpe.weight.normal_(0, 0.1)
+        model.transformer.wpe.weight[:, 2] = -1.0
+        model.transformer.wpe.weight[11, 2] = 3.0  # largest at position 11
+        model.transformer.wpe.weight[4, 2] = -3.0  # smallest at position 4
+    write_tokens(tmp_path / "val.bin", quote_stream(2000))
+    names = ["0.attn.act_in.0", "0.attn.act_in.18", "0.attn.q.3"]
+    circuit = circuit_of(model, names)
+    described = describe_nodes(
+        model, word_tokenizer(32), circuit, tmp_path / "val.bin", quote_prompts(8), 8, 4
+    )
+    position = described["0.attn.act_in.18"]["description"]["position"]
+    assert (position["channel"], position["largest_at"], position["smallest_at"]) == (2, 11, 4)
+    assert described["0.attn.act_in.18"]["label"].startswith("position channel 2 (largest at position 11")
+    assert "position" not in described["0.attn.act_in.0"]["description"]
+    explained = explain_text(add_descriptions(circuit, described, {}))
+    assert (
+        "reads 1 residual channel (1 fed by no circuit write, i.e. the token embedding) and 1 position channel (2)"
+        in (explained)
+    )
+
+
 def test_descriptions_are_stored_beside_the_other_node_info(tmp_path):
     model = quote_model()
     write_tokens(tmp_path / "val.bin", quote_stream(2000))

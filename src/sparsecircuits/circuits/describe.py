@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsecircuits.circuits.nodes import parse_node_name
+from sparsecircuits.circuits.nodes import parse_node_name, position_channel
 from sparsecircuits.circuits.scoring import PromptSet
 from sparsecircuits.data.shards import iter_eval_batches
 from sparsecircuits.data.tokenizer import EOT
@@ -530,10 +530,34 @@ def logit_phrase(g: dict[str, Any] | None) -> str:
     return f"direct logit diff {g['direct_diff']:+.2f}"
 
 
+def position_profile(model: Any, layer: int, location: str, channel: int) -> dict[str, Any]:
+    """Where a concatenated position channel is largest and smallest: its value (before AbsTopK) is a function
+    of the position alone, the block's position norm of the position embedding."""
+    block = model.transformer.h[layer]
+    norm = block.ln_p1 if location.startswith("attn") else block.ln_p2
+    with torch.no_grad():
+        values = norm(model.transformer.wpe.weight)[:, channel].float()  # [n_ctx]
+    hi, lo = int(values.argmax()), int(values.argmin())
+    return {
+        "channel": channel,
+        "largest_at": hi,
+        "largest": _r(float(values[hi])),
+        "smallest_at": lo,
+        "smallest": _r(float(values[lo])),
+    }
+
+
+def position_phrase(p: dict[str, Any]) -> str:
+    """`position channel 13 (largest at position 2, smallest at 120)`."""
+    return f"position channel {p['channel']} (largest at position {p['largest_at']}, smallest at {p['smallest_at']})"
+
+
 def make_label(description: dict[str, Any]) -> str:
-    """The short label of a node from its description (the phrases above, joined by '; ')."""
+    """The short label of a node from its description (the phrases above, joined by '; '). A position channel
+    is named as one: what tokens it meets on pretraining text says nothing of it."""
+    position = description.get("position")
     parts = [
-        pretraining_phrase(description["pretraining"]),
+        position_phrase(position) if position else pretraining_phrase(description["pretraining"]),
         task_phrase(description["task"]),
         attention_phrase(description.get("attention")),
         logit_phrase(description.get("logit")),
@@ -585,6 +609,9 @@ def describe_nodes(
                 "all_positions": {k: _r(v[j]) for k, v in task.all_positions.items()},
             },
         }
+        channel = position_channel(name, model.cfg)
+        if channel is not None:
+            desc["position"] = position_profile(model, cols.layers[j], cols.locations[j], channel)
         if cols.locations[j] == "attn.v":
             desc["task"]["moved"] = {k: _r(v[j]) for k, v in task.moved.items()}
         if loc.kind == HEAD_CHANNEL:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sparsecircuits.circuits.circuit_file import recorded_model_config
 from sparsecircuits.circuits.describe import ATTEND_MIN, SHARE, show, task_difference
-from sparsecircuits.circuits.nodes import display_name
+from sparsecircuits.circuits.nodes import display_name, position_channel
 from sparsecircuits.errors import UserError
 from sparsecircuits.model.locations import (
     HEAD_CHANNEL,
@@ -39,6 +39,7 @@ class Node:
     index: int
     display: str
     info: dict[str, Any]
+    position: int | None = None  # the position channel an act_in node is (concatenated positions), else None
     inputs: list[tuple[str, float | None]] = field(default_factory=list)  # (src, weight), strongest first
     residual_from: list[str] = field(default_factory=list)
 
@@ -87,7 +88,8 @@ def load(circuit: dict[str, Any]) -> Circuit:
         if parts is None:
             raise UserError(f"circuit node {name!r} is not a flat node name such as '0.attn.v.17'")
         shown = display_name(name, cfg) if cfg is not None else name
-        nodes[name] = Node(name, *parts, display=shown, info=info.get(name) or {})
+        position = position_channel(name, cfg) if cfg is not None else None
+        nodes[name] = Node(name, *parts, display=shown, info=info.get(name) or {}, position=position)
     order = sorted(nodes.values(), key=lambda n: (n.layer, NODE_LOCATIONS.index(n.loc), n.index))
     nodes = {n.name: n for n in order}
     for e in circuit.get("edges") or []:
@@ -193,12 +195,27 @@ def read_sentences(c: Circuit) -> list[str]:
             groups.setdefault((n.layer, n.loc), []).append(n)
     for (layer, loc), members in groups.items():
         block = "attention" if loc.startswith("attn") else "MLP"
-        fresh = [n for n in members if not n.residual_from]
-        text = f"Layer {layer} {block} reads {len(members)} residual channel{'s' if len(members) > 1 else ''}"
-        text += f" ({len(fresh)} fed by no circuit write, i.e. the token embedding)"
-        fires = _fires_on(members)
-        text += f"; {'they fire' if len(members) > 1 else 'it fires'} on {fires}." if fires else "."
-        out.append(text)
+        reads = [n for n in members if n.position is None]
+        positions = [n for n in members if n.position is not None]
+        parts = []
+        if reads:
+            fresh = [n for n in reads if not n.residual_from]
+            parts.append(
+                f"{len(reads)} residual channel{'s' if len(reads) > 1 else ''} ({len(fresh)} fed by no circuit "
+                "write, i.e. the token embedding)"
+            )
+        if positions:
+            channels = ", ".join(str(n.position) for n in positions)
+            parts.append(f"{len(positions)} position channel{'s' if len(positions) > 1 else ''} ({channels})")
+        text = f"Layer {layer} {block} reads " + " and ".join(parts)
+        fires = _fires_on(reads)
+        text += f"; the residual ones fire on {fires}." if fires and positions else ""
+        text += (
+            f"; {'they fire' if len(reads) > 1 else 'it fires'} on {fires}."
+            if fires and not positions
+            else ""
+        )
+        out.append(text if text.endswith(".") else text + ".")
     return out
 
 

@@ -158,6 +158,15 @@ def display_name(name: str, cfg: ModelConfig) -> str:
     return f"{location}.head{head}.ch{channel}"
 
 
+def position_channel(name: str, cfg: ModelConfig) -> int | None:
+    """The position channel a flat `{l}.attn.act_in.i` or `{l}.mlp.act_in.i` node is, when positions are
+    concatenated to the block inputs (pos_emb "concat": i >= d_model is channel i - d_model); else None."""
+    location, _, index = name.rpartition(".")
+    if cfg.pos_emb != "concat" or not location.endswith(".act_in") or not _INDEX.fullmatch(index):
+        return None
+    return int(index) - cfg.d_model if int(index) >= cfg.d_model else None
+
+
 # ---- counts -----------------------------------------------------------------------------------------
 
 

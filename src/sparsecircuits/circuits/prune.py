@@ -215,6 +215,20 @@ class Evaluator:
         self.convention, self.split, self.pool = convention, split, pool
         self.values = donors(prompts.tokens, prompts.last, mask.locations) if donors else None
 
+    def _init_like(self, other: Evaluator, mask: Gates) -> None:
+        """Initialise with `other`'s model, prompts, scoring and pool, another mask and no donors."""
+        Evaluator.__init__(
+            self,
+            other.model,
+            mask,
+            other.prompts,
+            other.calibrated,
+            other.convention,
+            None,
+            other.split,
+            other.pool,
+        )
+
     def on(self, model: GPT) -> Evaluator:
         """This evaluator on another replica of its model (parallel.Replicas)."""
         if model is self.model:
@@ -249,16 +263,7 @@ class EdgeEvaluator(Evaluator):
     """Scores edge gate vectors: the node circuit `node_gates` of `nodes` with the closed edges ablated."""
 
     def __init__(self, nodes: Evaluator, edges: EdgeMask, node_gates: torch.Tensor):
-        super().__init__(
-            nodes.model,
-            edges,
-            nodes.prompts,
-            nodes.calibrated,
-            nodes.convention,
-            None,
-            nodes.split,
-            nodes.pool,
-        )
+        self._init_like(nodes, edges)
         self.nodes, self.node_gates = nodes, node_gates
 
     def on(self, model: GPT) -> EdgeEvaluator:
@@ -277,16 +282,7 @@ class WithClosedEdges(Evaluator):
     """Scores node gate vectors of `nodes` with the edge stage's closed edges (`edge_gates` [n_edges]) ablated."""
 
     def __init__(self, nodes: Evaluator, edges: EdgeMask, edge_gates: torch.Tensor):
-        super().__init__(
-            nodes.model,
-            nodes.mask,
-            nodes.prompts,
-            nodes.calibrated,
-            nodes.convention,
-            None,
-            nodes.split,
-            nodes.pool,
-        )
+        self._init_like(nodes, nodes.mask)
         self.values, self.edges, self.edge_gates = nodes.values, edges, edge_gates
 
     @torch.no_grad()

@@ -428,8 +428,17 @@ def check_models_kind(cfg: DemoConfig) -> None:
 
     path = cfg.out / "demo.json"
     kind = {"models": cfg.models, "preset": cfg.preset if cfg.models == "train" else None}
+    if cfg.models == "shipped":
+        from sparsecircuits.experiments import shipped
+
+        kind["pair"] = shipped.read_sums()["sparse/model.safetensors"][:16]  # which shipped pair
     if path.is_file():
         old = read_json(path, "demo state")
+        if old != kind and old.get("models") == kind["models"] == "shipped":
+            raise UserError(
+                f"{cfg.out} holds a demo of an earlier shipped model pair (artifacts/demo has changed since); "
+                "use --force to start again or choose another --out"
+            )
         if old != kind:
             raise UserError(
                 f"{cfg.out} holds a demo with {old['models']} models"

@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from sparsecircuits.data.tokenizer import HASH_KEY
 from sparsecircuits.errors import UserError
 from sparsecircuits.io import atomic_write_text, commit_dir, file_sha256, read_json, staging_dir
 
@@ -100,5 +101,9 @@ def pack(runs: dict[str, Path], root: Path = SHIPPED_DIR) -> None:
         (root / kind).mkdir(exist_ok=True)
         for name in RUN_FILES:
             shutil.copyfile(runs[kind] / name, root / kind / name)
+        # SHA256SUMS covers the tokenizer of a shipped run (install, run.load_run): its config carries no hash
+        config = read_json(root / kind / "config.json", "run config")
+        config.pop(HASH_KEY, None)
+        atomic_write_text(root / kind / "config.json", json.dumps(config, indent=2) + "\n")
     lines = [f"{file_sha256(root / rel)}  {rel}" for rel in shipped_files()]
     atomic_write_text(root / SUMS, "\n".join(lines) + "\n")

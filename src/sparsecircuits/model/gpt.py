@@ -317,6 +317,11 @@ class GPT(nn.Module):
 
     # ---- hooks ---------------------------------------------------------------------------------
 
+    @property
+    def hooked(self) -> bool:
+        """Whether any hook fn is installed (`hooks`)."""
+        return any(self._hooks.values())
+
     def hook_names(self) -> list[str]:
         """Every hook point, in forward order: per-layer LAYER_HOOKS, then final_resid and logits.
 

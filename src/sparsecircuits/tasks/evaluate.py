@@ -26,6 +26,7 @@ from torch import Tensor
 
 from sparsecircuits.data.tokenizer import EOT
 from sparsecircuits.errors import UserError
+from sparsecircuits.model.gpt import GPT
 from sparsecircuits.tasks.base import Pair, Prompt, Task
 from sparsecircuits.tasks.registry import get_task
 from sparsecircuits.tasks.tokens import check_tokenizer
@@ -124,11 +125,13 @@ def candidate_logits(model: Model, batch: TaskBatch, chunk: int = 256) -> Tensor
     called with gradients enabled (pruning); wrap in torch.no_grad() for plain evaluation.
     """
     device = _device(model)
+    # a GPT without hooks runs its last block at the last positions only (GPT.forward's `narrow`)
+    narrow = {"narrow": True} if isinstance(model, GPT) and not model.hooked else {}
     out = []
     for start in range(0, len(batch), chunk):
         rows = slice(start, start + chunk)
         last = batch.last[rows].to(device)
-        at_last = model(batch.tokens[rows, : int(last.max()) + 1].to(device), at=last)  # [b, V]
+        at_last = model(batch.tokens[rows, : int(last.max()) + 1].to(device), at=last, **narrow)  # [b, V]
         ids = torch.stack([batch.correct[rows], batch.wrong[rows]], dim=1).to(device)  # [b, 2]
         out.append(at_last.gather(1, ids).float())
     return torch.cat(out) if out else torch.zeros(0, 2)
