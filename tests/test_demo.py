@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -157,14 +158,29 @@ def test_a_demo_directory_is_not_resumed_with_other_models(tmp_path):
         check_models_kind(DemoConfig(out=out, models="shipped"))
     with pytest.raises(UserError, match="preset tiny"):
         check_models_kind(DemoConfig(out=out, models="train", preset="demo"))
-    shipped_out = tmp_path / "shipped"
-    shipped_out.mkdir()
-    check_models_kind(DemoConfig(out=shipped_out, models="shipped"))
-    check_models_kind(DemoConfig(out=shipped_out, models="shipped"))  # a resume with the same pair
-    # a demo folder written before artifacts/demo changed (no record of its pair, or another one)
-    (shipped_out / "demo.json").write_text(json.dumps({"models": "shipped", "preset": None}))
-    with pytest.raises(UserError, match="earlier shipped model pair"):
-        check_models_kind(DemoConfig(out=shipped_out, models="shipped"))
+
+
+def test_a_demo_is_not_resumed_with_a_model_shipped_before_the_current_one(tmp_path):
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.experiments import shipped
+    from sparsecircuits.experiments.demo import shipped_model
+
+    data = tmp_path / "data"  # install() reads only meta.json of the corpus built with the shipped tokenizer
+    data.mkdir()
+    shutil.copyfile(shipped.SHIPPED_DIR / "tokenizer.json", data / "tokenizer.json")
+    for name in ("train.bin", "val.bin"):
+        (data / name).write_bytes(b"\0\0")
+    (data / "meta.json").write_text(
+        json.dumps({"content_hash": "x", "vocab_size": 2048, "tokens": {"train": 1, "val": 1}})
+    )
+    cfg = DemoConfig(out=tmp_path / "demo", models="shipped")
+    run = shipped_model(cfg, data, "sparse")
+    assert shipped_model(cfg, data, "sparse") == run  # a resume with the same shipped model
+    config = json.loads((run / "config.json").read_text())
+    config["shipped"]["sha256"] = "0" * 64  # as installed from an earlier artifacts/demo
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="holds another sparse model than the one shipped"):
+        shipped_model(cfg, data, "sparse")
 
 
 def test_demo_prunes_the_required_tasks_and_every_task_both_models_learn():

@@ -98,12 +98,21 @@ def build_data(cfg: DemoConfig) -> Path:
 def shipped_model(cfg: DemoConfig, data: Path, kind: str) -> Path:
     """Install the shipped `kind` model into OUT (its hashes were checked by run_demo)."""
     from sparsecircuits.experiments import shipped
-    from sparsecircuits.run import MODEL_FILE
+    from sparsecircuits.io import read_json
+    from sparsecircuits.run import CONFIG_FILE, MODEL_FILE
 
     out = cfg.out / kind
-    if not (out / MODEL_FILE).is_file():
-        with stage(cfg, f"installing the shipped {kind} model ({shipped.SHIPPED_DIR})"):
-            shipped.install(shipped.SHIPPED_DIR, kind, out, data)
+    if (out / MODEL_FILE).is_file():
+        # install() recorded the shipped file's digest: a model shipped since is not resumed with the old one
+        installed = read_json(out / CONFIG_FILE, "run config").get("shipped") or {}
+        if installed.get("sha256") != shipped.read_sums()[f"{kind}/model.safetensors"]:
+            raise UserError(
+                f"{out} holds another {kind} model than the one shipped in {shipped.SHIPPED_DIR} (it has changed "
+                "since); use --force to start again or choose another --out"
+            )
+        return out
+    with stage(cfg, f"installing the shipped {kind} model ({shipped.SHIPPED_DIR})"):
+        shipped.install(shipped.SHIPPED_DIR, kind, out, data)
     return out
 
 
@@ -428,17 +437,8 @@ def check_models_kind(cfg: DemoConfig) -> None:
 
     path = cfg.out / "demo.json"
     kind = {"models": cfg.models, "preset": cfg.preset if cfg.models == "train" else None}
-    if cfg.models == "shipped":
-        from sparsecircuits.experiments import shipped
-
-        kind["pair"] = shipped.read_sums()["sparse/model.safetensors"][:16]  # which shipped pair
     if path.is_file():
         old = read_json(path, "demo state")
-        if old != kind and old.get("models") == kind["models"] == "shipped":
-            raise UserError(
-                f"{cfg.out} holds a demo of an earlier shipped model pair (artifacts/demo has changed since); "
-                "use --force to start again or choose another --out"
-            )
         if old != kind:
             raise UserError(
                 f"{cfg.out} holds a demo with {old['models']} models"
