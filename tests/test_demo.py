@@ -97,10 +97,29 @@ def check_smallest_circuit_explained(out: Path, summary: dict, html: str) -> dic
 # ---- shipped demo models ------------------------------------------------------------------------------
 
 
-def _fake_run(path: Path, tag: str) -> Path:
+def _tiny_run(path: Path, tag: str, seed: int) -> Path:
+    """A run directory with a real (random, 3/4 zeroed, bigram-table) GPT's weights."""
+    import torch
+
+    from sparsecircuits.model.config import ModelConfig
+    from sparsecircuits.model.gpt import GPT
+    from sparsecircuits.run import save_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        vocab_size=40, n_layer=1, d_model=16, n_head=2, d_head=8, d_mlp=32, n_ctx=8, bigram_table=True
+    )
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+            if p.dim() == 2 and p is not model.bigram_table:
+                p.mul_(torch.rand_like(p) < 0.25)
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"data": {"dir": "/elsewhere", "content_hash": "x"}}))
-    (path / "model.safetensors").write_bytes(f"weights {tag}".encode())
+    save_model(model, path / "model.safetensors")
+    (path / "config.json").write_text(
+        json.dumps({"data": {"dir": "/elsewhere", "content_hash": "x"}, "tag": tag})
+    )
     (path / "metrics.jsonl").write_text('{"step": 1}\n')
     (path / "tokenizer.json").write_text("{}")
     return path
@@ -110,12 +129,14 @@ def test_shipped_models_pack_verify_and_install(tmp_path):
     from sparsecircuits.data.build import BuildConfig, build_dataset
     from sparsecircuits.errors import UserError
     from sparsecircuits.experiments import shipped
+    from sparsecircuits.run import load_tensors
 
-    runs = {k: _fake_run(tmp_path / "runs" / k, k) for k in shipped.KINDS}
+    runs = {k: _tiny_run(tmp_path / "runs" / k, k, seed) for seed, k in enumerate(shipped.KINDS)}
     root = tmp_path / "artifacts"
     shipped.pack(runs, root)
     assert shipped.available(root)
     shipped.verify(root)
+    assert not (root / "dense" / "model.safetensors").exists()  # shipped compact only
 
     src = tmp_path / "src"
     src.mkdir()
@@ -129,12 +150,24 @@ def test_shipped_models_pack_verify_and_install(tmp_path):
     assert config["data"]["dir"] == str(data.resolve())
     assert config["data"]["content_hash"] == meta["content_hash"]
     assert config["trained_on"] == {"dir": "/elsewhere", "content_hash": "x"}
-    assert (out / "model.safetensors").read_bytes() == b"weights dense"
+    assert config["tag"] == "dense"
+    assert config["shipped"]["sha256"] == shipped.read_sums(root)["dense/weights.safetensors"]
+    trained, installed = (
+        load_tensors(runs["dense"] / "model.safetensors"),
+        load_tensors(out / "model.safetensors"),
+    )
+    assert set(installed) == set(trained)
+    for name, t in trained.items():
+        if name == "bigram_table":  # 8 bits per entry: within half a step of its row's scale
+            step = t.abs().amax(dim=1, keepdim=True) / 127
+            assert ((installed[name] - t).abs() <= step / 2 + 1e-6).all()
+        else:
+            assert installed[name].equal(t), name
 
-    (root / "sparse" / "model.safetensors").write_bytes(b"weights tampered")
+    (root / "sparse" / "weights.safetensors").write_bytes(b"weights tampered")
     with pytest.raises(UserError, match="does not match its SHA-256"):
         shipped.verify(root)
-    (root / "sparse" / "model.safetensors").unlink()
+    (root / "sparse" / "weights.safetensors").unlink()
     with pytest.raises(UserError, match="missing"):
         shipped.verify(root)
 

@@ -105,7 +105,7 @@ def shipped_model(cfg: DemoConfig, data: Path, kind: str) -> Path:
     if (out / MODEL_FILE).is_file():
         # install() recorded the shipped file's digest: a model shipped since is not resumed with the old one
         installed = read_json(out / CONFIG_FILE, "run config").get("shipped") or {}
-        if installed.get("sha256") != shipped.read_sums()[f"{kind}/model.safetensors"]:
+        if installed.get("sha256") != shipped.read_sums()[shipped.model_entry(kind)]:
             raise UserError(
                 f"{out} holds another {kind} model than the one shipped in {shipped.SHIPPED_DIR} (it has changed "
                 "since); use --force to start again or choose another --out"

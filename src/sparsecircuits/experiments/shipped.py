@@ -5,8 +5,10 @@ and a dense model trained once on this project's development machine (the comman
 artifacts/demo/README.md) and checked against SHA256SUMS before use. `sparsecircuits demo --train` trains both
 from scratch instead.
 
-Layout: artifacts/demo/{sparse,dense}/{config.json,model.safetensors,metrics.jsonl}, one tokenizer.json for
-both (the corpus is rebuilt with it), and SHA256SUMS over all of them.
+Layout: artifacts/demo/{sparse,dense}/{config.json,weights.safetensors,tables.safetensors,metrics.jsonl}, one
+tokenizer.json for both (the corpus is rebuilt with it), and SHA256SUMS over all of them. The weights are in
+the compact form of `compact.py` (nonzeros only, the bigram table in 8 bits); `install` expands them into an
+ordinary run directory.
 """
 
 from __future__ import annotations
@@ -17,17 +19,24 @@ from pathlib import Path
 
 from sparsecircuits.data.tokenizer import HASH_KEY
 from sparsecircuits.errors import UserError
+from sparsecircuits.experiments.compact import TABLES_FILE, WEIGHTS_FILE, read_compact, write_compact
 from sparsecircuits.io import atomic_write_text, commit_dir, file_sha256, read_json, staging_dir
 
 SHIPPED_DIR = Path(__file__).resolve().parents[3] / "artifacts" / "demo"
 KINDS = ("sparse", "dense")
-RUN_FILES = ("config.json", "model.safetensors", "metrics.jsonl")
+COPIED = ("config.json", "metrics.jsonl")  # as the run has them
+SHIPPED_FILES = COPIED + (WEIGHTS_FILE, TABLES_FILE)
 SUMS = "SHA256SUMS"
 
 
 def shipped_files() -> list[str]:
     """Paths relative to the artifact directory, in SHA256SUMS order."""
-    return ["tokenizer.json"] + [f"{kind}/{name}" for kind in KINDS for name in RUN_FILES]
+    return ["tokenizer.json"] + [f"{kind}/{name}" for kind in KINDS for name in SHIPPED_FILES]
+
+
+def model_entry(kind: str) -> str:
+    """The SHA256SUMS entry that identifies the shipped `kind` model (recorded by `install`)."""
+    return f"{kind}/{WEIGHTS_FILE}"
 
 
 def available(root: Path = SHIPPED_DIR) -> bool:
@@ -65,12 +74,16 @@ def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
 
     The run's config keeps the data it was trained on under "trained_on".
     """
+    from safetensors.torch import save_file
+
     from sparsecircuits.data.dataset import load_dataset
+    from sparsecircuits.run import MODEL_FILE
 
     tmp = staging_dir(out, True, "run")
     try:
-        for name in RUN_FILES:
+        for name in COPIED:
             shutil.copyfile(root / kind / name, tmp / name)
+        save_file(read_compact(root / kind), str(tmp / MODEL_FILE), metadata={"format": "pt"})
         shutil.copyfile(root / "tokenizer.json", tmp / "tokenizer.json")
         config = read_json(tmp / "config.json", "shipped run config")
         meta = load_dataset(data_dir).meta
@@ -81,7 +94,7 @@ def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
             "vocab_size": meta["vocab_size"],
         }
         # verify() has checked the files against SHA256SUMS; record the model's entry, not a second hash.
-        config["shipped"] = {"from": str(root), "sha256": read_sums(root)[f"{kind}/model.safetensors"]}
+        config["shipped"] = {"from": str(root), "sha256": read_sums(root)[model_entry(kind)]}
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
         commit_dir(tmp, out, "run")
     except BaseException:
@@ -91,7 +104,10 @@ def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
 
 
 def pack(runs: dict[str, Path], root: Path = SHIPPED_DIR) -> None:
-    """Copy finished `runs` ({"sparse": DIR, "dense": DIR}, same tokenizer) into `root` and write SHA256SUMS."""
+    """Store finished `runs` ({"sparse": DIR, "dense": DIR}, same tokenizer) in `root`, weights compacted,
+    and write SHA256SUMS."""
+    from sparsecircuits.run import MODEL_FILE, load_tensors
+
     tokenizers = {(runs[k] / "tokenizer.json").read_bytes() for k in KINDS}
     if len(tokenizers) != 1:
         raise UserError("the sparse and dense runs must share one tokenizer")
@@ -99,8 +115,10 @@ def pack(runs: dict[str, Path], root: Path = SHIPPED_DIR) -> None:
     shutil.copyfile(runs["sparse"] / "tokenizer.json", root / "tokenizer.json")
     for kind in KINDS:
         (root / kind).mkdir(exist_ok=True)
-        for name in RUN_FILES:
+        for name in COPIED:
             shutil.copyfile(runs[kind] / name, root / kind / name)
+        write_compact(load_tensors(runs[kind] / MODEL_FILE, "model weights"), root / kind)
+        (root / kind / MODEL_FILE).unlink(missing_ok=True)  # the full-size file of an earlier layout
         # SHA256SUMS covers the tokenizer of a shipped run (install, run.load_run): its config carries no hash
         config = read_json(root / kind / "config.json", "run config")
         config.pop(HASH_KEY, None)
