@@ -66,10 +66,16 @@ def test_abstopk_fast_path_on_non_contiguous_views():
     assert torch.equal(grad, reference_mask(qkv.detach(), 24).float())
 
 
-def test_abstopk_ties_at_the_threshold_fall_back_to_the_reference():
+def test_abstopk_ties_at_the_threshold_take_the_reference_choice_row_by_row():
     x = torch.tensor([[1.0, -1.0, 1.0, 0.5], [3.0, 2.0, 1.0, 0.0]])
-    assert abstopk_mod.threshold_keep(x, 2) is None  # row 0 would keep three entries
-    check_abstopk_equal(x, 2)
+    assert abstopk_mod.threshold_keep(x, 2) is not None  # row 0 would keep three entries at its threshold
+    check_abstopk_equal(x, 2)  # same values and gradients: the same entries kept
+    torch.manual_seed(7)
+    x = torch.randn(300, 32)
+    x[5, :10] = 2.0  # a tie crossing the threshold in a few rows of a large block; the rest stay fast
+    x[250, [1, 7]] = x[250].abs().sort().values[24]
+    assert abstopk_mod.threshold_keep(x, 8) is not None
+    check_abstopk_equal(x, 8)
 
 
 def test_abstopk_ties_away_from_the_threshold_take_the_fast_path():

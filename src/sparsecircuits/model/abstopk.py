@@ -34,7 +34,8 @@ def abstopk(x: Tensor, k: int) -> Tensor:
     Ties are broken by torch.topk, which is deterministic for a given device and input.
 
     This is the single entry point used by the model. On the CPU it dispatches to `abstopk_threshold`,
-    which gives the same output and gradient as `abstopk_reference` (it falls back to it on ties).
+    which gives the same output and gradient as `abstopk_reference` (rows with ties at their threshold take
+    the reference's choice).
     """
     if k < 1:
         raise ValueError(f"abstopk needs k >= 1, got {k}")
@@ -50,11 +51,10 @@ def threshold_keep(x: Tensor, k: int) -> np.ndarray | None:
 
     The k-th largest |x| of every row comes from one numpy introselect over the whole [rows, n] block of
     magnitudes read as integers (no float compares, no Python loop per row), and the mask is
-    |x| >= threshold; one count of the whole mask tells whether any row keeps more than k. That is the
-    reference's kept set unless ties at a nonzero threshold keep other than k entries, or a NaN is present:
-    None is returned for those (for the whole block). Rows whose threshold is 0 (fewer than k nonzeros) take
-    the reference's choice of zeros, so gradients match too. All of it is numpy on one thread: no
-    parallel-region barriers.
+    |x| >= threshold; one count of the whole mask tells whether any row keeps other than k. Such rows (a tie
+    crossing a nonzero threshold, or a threshold of 0: fewer than k nonzeros) take the reference's choice,
+    row by row, so values and gradients match the reference's. None only where a NaN is present (the
+    reference decides the whole block). All of it is numpy on one thread: no parallel-region barriers.
     """
     bits = FLOAT_BITS[x.dtype]
     n = x.shape[-1]
@@ -66,22 +66,20 @@ def threshold_keep(x: Tensor, k: int) -> np.ndarray | None:
     keep = mag >= thr
     # Every row keeps at least k (its threshold is its k-th largest), a zero-threshold row all n: one count
     # over the block tells whether any other row keeps more than k, i.e. a tie crosses its threshold.
-    zero_thr = thr[:, 0] == 0
-    n_zero = int(np.count_nonzero(zero_thr))
+    redo = thr[:, 0] == 0
+    n_zero = int(np.count_nonzero(redo))
     if np.count_nonzero(keep) != k * (len(keep) - n_zero) + n * n_zero:
-        return None
-    if n_zero:
-        _reference_rows(x.detach().reshape(-1, n), k, keep, zero_thr)
+        redo |= np.count_nonzero(keep, axis=-1) != k
+    if n_zero or redo.any():
+        _reference_rows(x.detach().reshape(-1, n), k, keep, redo)
     return keep.reshape(x.shape)
 
 
 def _reference_rows(x: Tensor, k: int, keep: np.ndarray, rows: np.ndarray) -> None:
     """Overwrite, in place, keep's rows where `rows` is True with the reference's choice. x, keep: [R, n]."""
-    sel = np.flatnonzero(rows)
-    idx = torch.topk(x[torch.from_numpy(sel)].abs(), k, dim=-1, sorted=False).indices.numpy()
-    chosen = np.zeros((len(sel), x.shape[-1]), dtype=bool)
-    np.put_along_axis(chosen, idx, True, axis=-1)
-    keep[sel] = chosen
+    sel = torch.from_numpy(np.flatnonzero(rows))
+    idx = torch.topk(x[sel].abs(), k, dim=-1, sorted=False).indices
+    keep[sel.numpy()] = torch.zeros(len(sel), x.shape[-1], dtype=torch.bool).scatter_(-1, idx, True).numpy()
 
 
 def masked(t: Tensor, keep: np.ndarray) -> Tensor:
@@ -109,8 +107,8 @@ def abstopk_threshold(x: Tensor, k: int) -> Tensor:
 
     Several times faster than torch.topk on the CPU (docs/performance.md). Kept entries are x bit for bit and
     dropped ones +0.0, as torch.where(keep, x, 0) would give; the gradient is masked the same way. Equal to
-    `abstopk_reference`, gradients included: ties at a nonzero threshold and NaNs fall back to it, and rows
-    with fewer than k nonzeros take its choice of which zeros are kept (and receive gradient).
+    `abstopk_reference`, gradients included: rows with a tie at their threshold, and rows with fewer than k
+    nonzeros, take its choice of which entries are kept (and receive gradient); a NaN falls back to it.
     """
     keep = threshold_keep(x, k)
     if keep is None:
