@@ -320,8 +320,14 @@ def test_force_commit_keeps_user_files_and_replaces_old_output(tmp_path):
 
 
 def test_legacy_runs_are_recognised_and_user_folders_are_not(tmp_path):
-    shipped = Path(__file__).resolve().parents[1] / "artifacts" / "demo" / "sparse"
-    assert output_kind(shipped) == "run"  # config.json + model.safetensors from before the marker
+    legacy = tmp_path / "legacy"  # a run from before the marker: a real config.json and model.safetensors
+    legacy.mkdir()
+    config = json.loads(
+        (Path(__file__).resolve().parents[1] / "artifacts/demo/sparse/config.json").read_text()
+    )
+    (legacy / "config.json").write_text(json.dumps(config))
+    (legacy / "model.safetensors").write_bytes(b"weights")
+    assert output_kind(legacy) == "run"
     empty_config = _user_folder(tmp_path / "u", {"config.json": b"{}", "model.safetensors": b"x"})
     assert output_kind(empty_config) is None
     (tmp_path / "u" / MARKER_FILE).write_text('{"project": "other", "kind": "run"}')
