@@ -66,3 +66,16 @@ def test_a_damaged_compact_file_is_a_user_error(tmp_path):
     (tmp_path / WEIGHTS_FILE).unlink()
     with pytest.raises(UserError, match="not found"):
         read_compact(tmp_path)
+
+
+def test_a_model_without_tables_round_trips(tmp_path):
+    from sparsecircuits.model.config import ModelConfig
+    from sparsecircuits.model.gpt import GPT
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=32, n_layer=1, d_model=16, n_head=2, d_head=8, d_mlp=32, n_ctx=8)
+    state = GPT(cfg).state_dict()
+    write_compact(state, tmp_path)
+    back = read_compact(tmp_path)
+    assert set(back) == set(state)
+    assert all(back[k].equal(v) for k, v in state.items())
