@@ -152,6 +152,7 @@ def test_shipped_models_pack_verify_and_install(tmp_path):
     assert config["trained_on"] == {"dir": "/elsewhere", "content_hash": "x"}
     assert config["tag"] == "dense"
     assert config["shipped"]["sha256"] == shipped.read_sums(root)["dense/weights.safetensors"]
+    assert config["shipped"]["weights"] == shipped.STORED_AS  # an installed run says its table is 8-bit
     trained, installed = (
         load_tensors(runs["dense"] / "model.safetensors"),
         load_tensors(out / "model.safetensors"),

@@ -27,6 +27,7 @@ KINDS = ("sparse", "dense")
 COPIED = ("config.json", "metrics.jsonl")  # as the run has them
 SHIPPED_FILES = COPIED + (WEIGHTS_FILE, TABLES_FILE)
 SUMS = "SHA256SUMS"
+STORED_AS = "compact: nonzeros exact, dense tables in 8 bits with a scale per row (experiments/compact.py)"
 
 
 def shipped_files() -> list[str]:
@@ -94,7 +95,11 @@ def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
             "vocab_size": meta["vocab_size"],
         }
         # verify() has checked the files against SHA256SUMS; record the model's entry, not a second hash.
-        config["shipped"] = {"from": str(root), "sha256": read_sums(root)[model_entry(kind)]}
+        config["shipped"] = {
+            "from": str(root),
+            "sha256": read_sums(root)[model_entry(kind)],
+            "weights": STORED_AS,
+        }
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
         commit_dir(tmp, out, "run")
     except BaseException:
