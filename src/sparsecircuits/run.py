@@ -53,10 +53,14 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Atomically write a state dict (contiguous CPU tensors) to a safetensors file."""
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+
+
 def save_model(model: nn.Module, path: str | Path) -> None:
     """Atomically write the model's weights to a safetensors file."""
-    tensors = state_dict_for_saving(model)
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    save_tensors(state_dict_for_saving(model), path)
 
 
 def load_tensors(path: str | Path, what: str = "weights file") -> dict[str, torch.Tensor]:

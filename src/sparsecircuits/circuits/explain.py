@@ -209,13 +209,10 @@ def read_sentences(c: Circuit) -> list[str]:
             parts.append(f"{len(positions)} position channel{'s' if len(positions) > 1 else ''} ({channels})")
         text = f"Layer {layer} {block} reads " + " and ".join(parts)
         fires = _fires_on(reads)
-        text += f"; the residual ones fire on {fires}." if fires and positions else ""
-        text += (
-            f"; {'they fire' if len(reads) > 1 else 'it fires'} on {fires}."
-            if fires and not positions
-            else ""
-        )
-        out.append(text if text.endswith(".") else text + ".")
+        if fires:
+            subject = "the residual ones fire" if positions else "they fire" if len(reads) > 1 else "it fires"
+            text += f"; {subject} on {fires}"
+        out.append(text + ".")
     return out
 
 

@@ -75,16 +75,14 @@ def install(root: Path, kind: str, out: Path, data_dir: Path) -> Path:
 
     The run's config keeps the data it was trained on under "trained_on".
     """
-    from safetensors.torch import save_file
-
     from sparsecircuits.data.dataset import load_dataset
-    from sparsecircuits.run import MODEL_FILE
+    from sparsecircuits.run import MODEL_FILE, save_tensors
 
     tmp = staging_dir(out, True, "run")
     try:
         for name in COPIED:
             shutil.copyfile(root / kind / name, tmp / name)
-        save_file(read_compact(root / kind), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        save_tensors(read_compact(root / kind), tmp / MODEL_FILE)
         shutil.copyfile(root / "tokenizer.json", tmp / "tokenizer.json")
         config = read_json(tmp / "config.json", "shipped run config")
         meta = load_dataset(data_dir).meta

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from sparsecircuits import __version__
 from sparsecircuits.errors import UserError
 from sparsecircuits.interop.openai_config import CONFIG_FILE, model_config_dict, parse_config
@@ -23,7 +21,7 @@ from sparsecircuits.interop.openai_weights import WEIGHTS_FILE, convert_state_di
 from sparsecircuits.io import atomic_write_json, commit_dir, file_sha256, read_json, staging_dir
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.run import CONFIG_FILE as RUN_CONFIG
-from sparsecircuits.run import MODEL_FILE, TOKENIZER_FILE, load_run
+from sparsecircuits.run import MODEL_FILE, TOKENIZER_FILE, load_run, save_tensors
 
 SOURCE_FORMAT = "openai-circuit-sparsity"
 DATA_NOTE = (
@@ -81,7 +79,7 @@ def _convert_into(src: Path, tmp: Path, tokenizer_dir: str | Path | None, log: C
             f"the tokenizer in {tok_dir} has {tokenizer.get_vocab_size()} ids but {CONFIG_FILE} says "
             f"vocab_size {model_cfg.vocab_size}: wrong tokenizer for this model?"
         )
-    save_file(weights.tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+    save_tensors(weights.tensors, tmp / MODEL_FILE)
     tokenizer.save(str(tmp / TOKENIZER_FILE))
     config = {
         "model": model_cfg.to_dict(),

@@ -70,7 +70,7 @@ def threshold_keep(x: Tensor, k: int) -> np.ndarray | None:
     n_zero = int(np.count_nonzero(redo))
     if np.count_nonzero(keep) != k * (len(keep) - n_zero) + n * n_zero:
         redo |= np.count_nonzero(keep, axis=-1) != k
-    if n_zero or redo.any():
+    if redo.any():
         _reference_rows(x.detach().reshape(-1, n), k, keep, redo)
     return keep.reshape(x.shape)
 

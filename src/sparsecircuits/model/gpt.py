@@ -73,6 +73,11 @@ def _sparsify(x: Tensor, k: int | None) -> Tensor:
     return x if k is None else abstopk(x, k)
 
 
+def at_positions(t: Tensor, at: Tensor) -> Tensor:
+    """Each prompt's row at its own position: t [B, T, ...], at [B] -> [B, 1, ...]."""
+    return t[torch.arange(len(at), device=t.device), at].unsqueeze(1)
+
+
 def _topk_ks(cfg: ModelConfig, block: str) -> dict[str, int | None]:
     """AbsTopK k of each node location of a block ("attn" or "mlp"), keyed by the name inside the block."""
     prefix = block + "."
@@ -143,7 +148,7 @@ class CausalSelfAttention(nn.Module):
         x = hook("attn.act_in", _sparsify(x, self.topk["act_in"]))
         q, k, v = self.c_attn(x).split(self.n_head * self.d_head, dim=-1)
         if at is not None:
-            q = q[torch.arange(len(at), device=q.device), at].unsqueeze(1)  # [B, 1, H * d_head]
+            q = at_positions(q, at)  # [B, 1, H * d_head]
         q = hook("attn.q", _sparsify(q, self.topk["q"]))
         k = hook("attn.k", _sparsify(k, self.topk["k"]))
         v = hook("attn.v", _sparsify(v, self.topk["v"]))
@@ -214,7 +219,7 @@ class Block(nn.Module):
         x = hook("resid_in", x)
         delta = self.attn(self._read(x, pos, self.ln_1, self.ln_p1), hook, at)
         if at is not None:
-            x = x[torch.arange(len(at), device=x.device), at].unsqueeze(1)
+            x = at_positions(x, at)
             pos = None if pos is None else pos[at].unsqueeze(1)  # [B, 1, d_pos_emb]
         x = self._add(x, delta)
         x = hook("resid_mid", x)
@@ -300,10 +305,9 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.transformer.h):
             x = block(x, pos, _HookScope(self._hooks, f"{layer}."), at if narrow and layer == last else None)
         if at is not None:
-            rows = torch.arange(idx.shape[0], device=idx.device)
-            idx = idx[rows, at].unsqueeze(1)
+            idx = at_positions(idx, at)
             if not narrow:
-                x = x[rows, at].unsqueeze(1)
+                x = at_positions(x, at)
         top = _HookScope(self._hooks, "")
         x = top("final_resid", x)
         unembed = self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
