@@ -48,6 +48,7 @@ def clean_up(
     progress: bool = True,
     evaluate_many: Callable[[list[torch.Tensor]], list[Score]] | None = None,
     width: int = 1,
+    rebase: Callable[[torch.Tensor], None] | None = None,
 ) -> CleanupResult:
     """Greedy removal until no single node (or tied unit) can go; at least one stays. gates: [n_nodes] 0/1
     meeting the target.
@@ -55,6 +56,8 @@ def clean_up(
     evaluate: gates -> Score on the validation prompts (prune.Evaluator). units: [n_nodes] unit index when
     nodes are tied (tied query/key channels go together), else every node is its own unit. evaluate_many:
     scores a list of gate vectors (side by side); width: how many candidates to score at once with it.
+    rebase: told the circuit as it stands at the start and after every removal (prune.Evaluator.rebase: the
+    candidates' forwards then resume after the part they share with it).
     """
     t0 = time.perf_counter()
     target = as_target(target)
@@ -65,6 +68,8 @@ def clean_up(
     if not target.met_by(best):
         raise ValueError(f"clean-up needs a circuit that meets its target ({best.loss:.4f}, {target})")
     before = int(gates.sum())
+    if rebase is not None:
+        rebase(gates)
     passes: list[dict] = []
     version = 0  # bumped at every removal
     scored: dict[int, tuple[int, Score]] = {}  # unit -> (version it was scored against, its score)
@@ -112,6 +117,8 @@ def clean_up(
             if target.met_by(s) and candidate.any():  # a circuit keeps at least one node
                 gates, best, removed, version = candidate, s, removed + 1, version + 1
                 scored.pop(u)
+                if rebase is not None:
+                    rebase(gates)
         passes.append({"pass": pass_no, "tried": len(tried), "removed": removed, "nodes": int(gates.sum())})
         kept_units = torch.unique(units[gates.cpu() > 0]).tolist()
         if removed == 0:

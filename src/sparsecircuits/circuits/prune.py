@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -25,6 +27,7 @@ from sparsecircuits.circuits.edge_masks import EdgeMask
 from sparsecircuits.circuits.edges import count_edges
 from sparsecircuits.circuits.masks import Gates, NodeMask
 from sparsecircuits.circuits.parallel import Replicas
+from sparsecircuits.circuits.prefix import Prefix, record_prefix
 from sparsecircuits.circuits.scoring import (
     Calibration,
     PromptSet,
@@ -248,10 +251,27 @@ class Evaluator:
         """How many gate vectors `many` scores at once."""
         return 1 if self.pool is None else self.pool.workers
 
+    prefix: Prefix | None = None  # set by rebase
+
+    def hooked(self) -> AbstractContextManager:
+        """The hooks its scores run under besides the node gates (none here; closed edges in WithClosedEdges)."""
+        return contextlib.nullcontext()
+
     @torch.no_grad()
     def diff(self, gates: torch.Tensor) -> torch.Tensor:
         """Correct-minus-wrong logit difference of the gated model on the prompts. Returns [N]."""
-        return gated_diff(self.model, self.mask, gates, self.prompts, self.values)
+        with self.hooked():
+            return gated_diff(self.model, self.mask, gates, self.prompts, self.values, self.prefix)
+
+    @torch.no_grad()
+    def rebase(self, gates: torch.Tensor | None) -> None:
+        """Record the forward of the circuit `gates` [n_nodes] up to its last resume point, so that later
+        scores of gate vectors differing from it only late in the forward resume there (circuits/prefix.py;
+        same scores); None forgets it. Only for scores of node gates under this evaluator's own hooks."""
+        self.prefix = None
+        if gates is not None and self.values is None:
+            with self.hooked():
+                self.prefix = record_prefix(self.model, self.mask, gates, self.prompts)
 
     def __call__(self, gates: torch.Tensor, calibration: Calibration | None = None) -> Score:
         return score(
@@ -285,15 +305,14 @@ class WithClosedEdges(Evaluator):
         self._init_like(nodes, nodes.mask)
         self.values, self.edges, self.edge_gates = nodes.values, edges, edge_gates
 
-    @torch.no_grad()
-    def diff(self, gates: torch.Tensor) -> torch.Tensor:
-        with self.edges.hooks(self.model, self.edge_gates):
-            return super().diff(gates)
+    def hooked(self) -> AbstractContextManager:
+        return self.edges.hooks(self.model, self.edge_gates)
 
 
 def removal_effects_of(evaluate: Evaluator, gates: torch.Tensor, known: dict[int, float]) -> dict[int, float]:
     """node index -> validation loss with that node alone removed from the circuit `gates` [n_nodes]; `known`
-    losses are reused, the others scored side by side (evaluate.many)."""
+    losses are reused, the others scored side by side (evaluate.many), resuming after the circuit's forward
+    up to each node (evaluate.rebase)."""
     kept = torch.nonzero(gates).flatten().tolist()
     missing = [i for i in kept if i not in known]
     candidates = []
@@ -301,7 +320,11 @@ def removal_effects_of(evaluate: Evaluator, gates: torch.Tensor, known: dict[int
         g = gates.clone()
         g[i] = 0.0
         candidates.append(g)
-    measured = {i: s.loss for i, s in zip(missing, evaluate.many(candidates))}
+    evaluate.rebase(gates)
+    try:
+        measured = {i: s.loss for i, s in zip(missing, evaluate.many(candidates))}
+    finally:
+        evaluate.rebase(None)
     return {i: known[i] if i in known else measured[i] for i in kept}
 
 
@@ -393,9 +416,19 @@ def _prune(
     stages = {"bisection": {"nodes": int(gates.sum()), "seconds": round(time.perf_counter() - t0, 2)}}
     removal_effects: dict[int, float] = {}
     if cfg.cleanup and int(gates.sum()) <= cfg.cleanup_max_nodes:
-        cleaned = clean_up(
-            evaluate, gates, target, mask.unit_index(), progress, evaluate.many, evaluate.width
-        )
+        try:
+            cleaned = clean_up(
+                evaluate,
+                gates,
+                target,
+                mask.unit_index(),
+                progress,
+                evaluate.many,
+                evaluate.width,
+                evaluate.rebase,
+            )
+        finally:
+            evaluate.rebase(None)  # the edge stage scores the nodes under other hooks
         gates, best = cleaned.gates, cleaned.score
         removal_effects = cleaned.effects if mask.units is None else {}  # a tied unit is not one node
         stages["cleanup"] = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,6 +23,9 @@ from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.model import GPT
 from sparsecircuits.tasks.evaluate import DEFAULT_CONVENTION, accuracy
 from sparsecircuits.tasks.evaluate import logit_diff_loss as task_loss
+
+if TYPE_CHECKING:
+    from sparsecircuits.circuits.prefix import Prefix
 
 LBFGS_STEPS = 16  # PAPER.md 7.4
 LENGTH_BUCKETS = 4  # forwards per prompt set in gated_diff (PromptSet.length_buckets)
@@ -80,32 +84,47 @@ def from_task_batch(batch, a_tokens: Tensor | None = None) -> PromptSet:
     return PromptSet(tokens, batch.last, batch.correct, batch.wrong, sign)
 
 
-def correct_minus_wrong(model: GPT, prompts: PromptSet, narrow: bool = False) -> Tensor:
+def correct_minus_wrong(
+    model: GPT, prompts: PromptSet, narrow: bool = False, resume: tuple[str, Tensor] | None = None
+) -> Tensor:
     """Logit of the correct minus the wrong token at each prompt's last position. Returns [N].
 
     narrow: the last block runs at the last positions only (GPT.forward); off for hooks that read or write
-    its other positions (resample donors)."""
-    at_last = model(prompts.tokens, at=prompts.last, narrow=narrow)  # [N, V]
+    its other positions (resample donors). resume: GPT.forward's (point, residual)."""
+    at_last = model(prompts.tokens, at=prompts.last, narrow=narrow, resume=resume)  # [N, V]
     rows = torch.arange(len(prompts), device=at_last.device)
     return at_last[rows, prompts.correct] - at_last[rows, prompts.wrong]
 
 
 def gated_diff(
-    model: GPT, mask: NodeMask, gates: Tensor, prompts: PromptSet, donors: dict[str, Tensor] | None = None
+    model: GPT,
+    mask: NodeMask,
+    gates: Tensor,
+    prompts: PromptSet,
+    donors: dict[str, Tensor] | None = None,
+    prefix: Prefix | None = None,
 ) -> Tensor:
     """correct_minus_wrong with the node gates applied through hooks. Returns [N].
 
     One forward per length bucket (a prompt's logits do not depend on the padding after it: attention is
     causal and everything else acts per position), results in the prompts' order.
     donors: for the resample ablations, location -> [N, T, width] ablated values (ablations.DonorSource).
+    prefix: a circuit's forward recorded on these very prompts (prefix.record_prefix, mean or zero ablation):
+    the forwards resume after its part that `gates` leaves unchanged. Same result, less work.
     """
+    point = None
+    if prefix is not None:
+        if prefix.prompts is not prompts or donors is not None:
+            raise ValueError("a prefix resumes forwards on the prompts it was recorded on, without donors")
+        point = prefix.resume(gates)
     parts, order = [], []
-    for rows in prompts.length_buckets():
+    for i, rows in enumerate(prompts.length_buckets()):
         chunk = prompts.subset(rows.to(prompts.last.device))
         T = chunk.tokens.shape[1]
         values = None if donors is None else {k: v[rows.to(v.device), :T] for k, v in donors.items()}
+        resume = None if point is None else (point, prefix.resid[i][point])
         with model.hooks(mask.hooks(gates, values)):
-            parts.append(correct_minus_wrong(model, chunk, narrow=donors is None))
+            parts.append(correct_minus_wrong(model, chunk, narrow=donors is None, resume=resume))
         order.append(rows)
     return torch.cat(parts)[torch.argsort(torch.cat(order)).to(parts[0].device)]
 

@@ -211,17 +211,28 @@ class Block(nn.Module):
         self.ln_p1 = RMSNorm(cfg.d_pos_emb, cfg.norm_eps) if concat else None
         self.ln_p2 = RMSNorm(cfg.d_pos_emb, cfg.norm_eps) if concat else None
 
-    def forward(self, x: Tensor, pos: Tensor | None, hook: _HookScope, at: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor | None,
+        hook: _HookScope,
+        at: Tensor | None = None,
+        start: str = "resid_in",
+    ) -> Tensor:
         """x: residual [B, T, d_model]; pos: [T, d_pos_emb] position channels or None.
 
         at: [B] positions; then the block computes its attention queries and everything after them only there
-        and returns [B, 1, d_model] (the residual at those positions)."""
-        x = hook("resid_in", x)
-        delta = self.attn(self._read(x, pos, self.ln_1, self.ln_p1), hook, at)
-        if at is not None:
-            x = at_positions(x, at)
-            pos = None if pos is None else pos[at].unsqueeze(1)  # [B, 1, d_pos_emb]
-        x = self._add(x, delta)
+        and returns [B, 1, d_model] (the residual at those positions).
+        start: "resid_mid" skips the attention half: x is then the value arriving at `resid_mid` ([B, 1,
+        d_model] with `at`)."""
+        if start == "resid_in":
+            x = hook("resid_in", x)
+            delta = self.attn(self._read(x, pos, self.ln_1, self.ln_p1), hook, at)
+            if at is not None:
+                x = at_positions(x, at)
+            x = self._add(x, delta)
+        if at is not None and pos is not None:
+            pos = pos[at].unsqueeze(1)  # [B, 1, d_pos_emb]
         x = hook("resid_mid", x)
         return self._add(x, self.mlp(self._read(x, pos, self.ln_2, self.ln_p2), hook))
 
@@ -275,7 +286,13 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
         # Norm weights start at 1; sink logits, bigram table and final logits bias at 0 (set above).
 
-    def forward(self, idx: Tensor, at: Tensor | None = None, narrow: bool = False) -> Tensor:
+    def forward(
+        self,
+        idx: Tensor,
+        at: Tensor | None = None,
+        narrow: bool = False,
+        resume: tuple[str, Tensor] | None = None,
+    ) -> Tensor:
         """idx: token ids [B, T] (T <= n_ctx) -> logits [B, T, vocab], float32 (also under autocast).
 
         at: optional LongTensor [B] of positions. Then only those positions are unembedded and the logits
@@ -288,6 +305,12 @@ class GPT(nn.Module):
         [B, 1, ...] tensors ([B, n_head, 1, T] at `attn.pattern`). The logits equal the wide forward's up to
         float rounding. For callers whose hooks act per position (node masks, scoring): about 1.5x faster on a
         two-layer model.
+
+        resume: (point, x) starts the forward at the residual hook point `{l}.resid_in` or `{l}.resid_mid` from
+        x, the value arriving there before its hooks ([B, T, d_model]; [B, 1, d_model] at the narrowed last
+        block's resid_mid): the embedding and everything before the point are skipped; its hooks still run.
+        The logits are bit-identical to a forward whose earlier part gives x, so a caller scoring many hook
+        settings that differ only after one point computes the part before it once (circuits/prefix.py).
         """
         cfg = self.cfg
         T = idx.shape[1]
@@ -295,15 +318,22 @@ class GPT(nn.Module):
             raise UserError(f"sequence length {T} exceeds the model's context n_ctx = {cfg.n_ctx}")
         if narrow and at is None:
             raise ValueError("narrow needs the positions `at`")
-        x = self.transformer.wte(idx)
-        pos = None
-        if cfg.pos_emb == "add":
-            x = x + self.transformer.wpe.weight[:T]
-        elif cfg.pos_emb == "concat":
-            pos = self.transformer.wpe.weight[:T]
+        first, start, x = self._resume_at(resume) if resume is not None else (0, "resid_in", None)
+        if x is None:
+            x = self.transformer.wte(idx)
+            if cfg.pos_emb == "add":
+                x = x + self.transformer.wpe.weight[:T]
+        pos = self.transformer.wpe.weight[:T] if cfg.pos_emb == "concat" else None
         last = len(self.transformer.h) - 1
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, pos, _HookScope(self._hooks, f"{layer}."), at if narrow and layer == last else None)
+        for layer in range(first, last + 1):
+            block_at = at if narrow and layer == last else None
+            x = self.transformer.h[layer](
+                x,
+                pos,
+                _HookScope(self._hooks, f"{layer}."),
+                block_at,
+                start if layer == first else "resid_in",
+            )
         if at is not None:
             idx = at_positions(idx, at)
             if not narrow:
@@ -318,6 +348,16 @@ class GPT(nn.Module):
             logits = logits + self.final_logits_bias
         logits = top("logits", logits).float()
         return logits if at is None else logits[:, 0]
+
+    def _resume_at(self, resume: tuple[str, Tensor]) -> tuple[int, str, Tensor]:
+        """(layer, "resid_in" or "resid_mid", x) of a forward's `resume` argument."""
+        point, x = resume
+        layer, _, start = point.partition(".")
+        if start not in ("resid_in", "resid_mid") or point not in self._hook_order:
+            raise ValueError(
+                f"a forward resumes at a {{layer}}.resid_in or resid_mid hook point, not {point!r}"
+            )
+        return int(layer), start, x
 
     # ---- hooks ---------------------------------------------------------------------------------
 
