@@ -168,13 +168,13 @@ def test_edge_pruning_recovers_the_planted_edges(tmp_path):
         target_loss=0.15,
         edge_steps=300,
         edge_k_coef=1e-2,
-        lr=1e-2,
+        edge_lr=1e-2,
         calibrate=False,
         loss_convention="pair-sum",
     )
     evaluate = Evaluator(model, mask, planted_prompts(128, 1), False, cfg.loss_convention)
     assert evaluate(gates).loss <= cfg.target_loss
-    edges, kept, best, _ = prune_edges(
+    edges, kept, best, _, _ = prune_edges(
         model, mask, gates, planted_prompts(256, 0), evaluate, cfg, cfg.target_loss, False
     )
     assert edges.n_edges == 6  # the 4 planted edges and the 2 noise edges from read channel 2

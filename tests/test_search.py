@@ -9,11 +9,16 @@ import sparsecircuits.circuits.search as search_mod
 from sparsecircuits.circuits.prune import PruneConfig
 
 
-def fake_prune(calls: list):
-    """A prune whose circuit size falls with k_coef and with more steps (a stand-in for mask training)."""
+def fake_prune(calls: list, held: list | None = None):
+    """A prune whose circuit size falls with k_coef and with more steps (a stand-in for mask training);
+    `held` collects the held-out prompts each call got."""
 
-    def prune(model, means, train, evaluation, cfg, progress, pretraining, workers=1, effects=True):
+    def prune(
+        model, means, train, evaluation, cfg, progress, pretraining, workers=1, effects=True, held_out=None
+    ):
         calls.append(cfg)
+        if held is not None:
+            held.append(held_out)
         k = int(1000 / (1 + 1e4 * cfg.k_coef) / math.sqrt(cfg.steps))
         return SimpleNamespace(k=k, score=SimpleNamespace(loss=0.1), seconds=0.0)
 
@@ -22,12 +27,16 @@ def fake_prune(calls: list):
 
 def test_successive_halving_runs_short_trials_and_continues_the_best(monkeypatch):
     calls: list = []
-    monkeypatch.setattr(search_mod, "prune", fake_prune(calls))
+    held: list = []
+    monkeypatch.setattr(search_mod, "prune", fake_prune(calls, held))
     base = PruneConfig(steps=160)
-    best, rows = search_mod.search(None, None, None, None, base, budget=8, progress=False, log=lambda s: None)
+    best, rows = search_mod.search(
+        None, None, None, None, base, budget=8, progress=False, log=lambda s: None, held_out="HELD"
+    )
     assert [r["rung"] for r in rows] == [0] * 8 + [1] * 4 + [2] * 2 + [3]
     assert [r["steps"] for r in rows] == [20] * 8 + [40] * 4 + [80] * 2 + [160]
     assert [c.cleanup for c in calls] == [False] * 14 + [True]  # clean-up only for the final run
+    assert held == [None] * 14 + ["HELD"]  # and so its held-out check
     # each rung keeps the better half: the survivors are the settings with the smallest circuits so far
     rung0 = sorted(rows[:8], key=lambda r: r["k"])
     assert {r["k_coef"] for r in rows[8:12]} == {r["k_coef"] for r in rung0[:4]}

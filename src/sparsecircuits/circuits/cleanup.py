@@ -34,6 +34,7 @@ class CleanupResult:
     passes: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     effects: dict[int, float] = field(default_factory=dict)  # unit -> loss without it, from the final pass
+    removed: list[int] = field(default_factory=list)  # the units removed, in order
 
     @property
     def nodes_after(self) -> int:
@@ -72,6 +73,7 @@ def clean_up(
         rebase(gates)
     passes: list[dict] = []
     version = 0  # bumped at every removal
+    removed_units: list[int] = []
     scored: dict[int, tuple[int, Score]] = {}  # unit -> (version it was scored against, its score)
 
     def drop(g: torch.Tensor, u: int) -> torch.Tensor:
@@ -117,6 +119,7 @@ def clean_up(
             if target.met_by(s) and candidate.any():  # a circuit keeps at least one node
                 gates, best, removed, version = candidate, s, removed + 1, version + 1
                 scored.pop(u)
+                removed_units.append(u)
                 if rebase is not None:
                     rebase(gates)
         passes.append({"pass": pass_no, "tried": len(tried), "removed": removed, "nodes": int(gates.sum())})
@@ -129,4 +132,25 @@ def clean_up(
         order = sorted(kept_units, key=lambda u: (effects[u], u))
         pass_no, tried = pass_no + 1, set()
     effects = {u: scored[u][1].loss for u in kept_units}
-    return CleanupResult(gates, best, before, passes, time.perf_counter() - t0, effects)
+    return CleanupResult(gates, best, before, passes, time.perf_counter() - t0, effects, removed_units)
+
+
+def put_back(
+    holds: Callable[[torch.Tensor], bool],
+    gates: torch.Tensor,
+    removed: list[int],
+    units: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Put removed units back into the circuit `gates` [n_nodes], last removed first, until `holds(gates)`
+    (the held-out check, prune.HeldOut) or every one is back. Each circuit on the way is one the clean-up
+    passed through, so it still meets the target on the validation prompts. Returns (gates, units put back).
+    """
+    units = torch.arange(len(gates)) if units is None else units.cpu()
+    back = 0
+    for u in reversed(removed):
+        if holds(gates):
+            break
+        gates = gates.clone()
+        gates[units == u] = 1.0
+        back += 1
+    return gates, back

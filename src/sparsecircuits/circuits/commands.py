@@ -139,6 +139,13 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
 @shown_option("--batch-pairs", 32, count(1, MAX_PAIRS), "Pairs per mask training step (the paper: 64).")
 @shown_option("--train-pairs", 256, count(1, MAX_PAIRS), "Training pairs to draw batches from.")
 @shown_option("--eval-pairs", 64, count(1, MAX_PAIRS), "Fixed validation pairs for the bisection.")
+@shown_option(
+    "--holdout-pairs",
+    64,
+    count(0, MAX_PAIRS),
+    "More training-split pairs, used for nothing else, that the clean-up and the edge stage must also pass "
+    "(removals put back until they do; 0: no check).",
+)
 @shown_option("--mean-windows", 64, count(1, MAX_WINDOWS), "Pretraining windows for mean activations.")
 @click.option("--no-calibrate", is_flag=True, help="Compare the uncalibrated loss with the target.")
 @click.option(
@@ -158,9 +165,12 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
     is_flag=True,
     help="Skip edge pruning (gates on the weights between circuit nodes, after the clean-up; docs/circuits.md).",
 )
-@shown_option("--edge-steps", 200, count(1, MAX_STEPS), "Edge-gate training steps.")
+@shown_option("--edge-steps", 100, count(1, MAX_STEPS), "Edge-gate training steps.")
 @click.option(
     "--edge-k-coef", default=1e-4, show_default=True, type=NON_NEGATIVE, help="Penalty per open edge."
+)
+@click.option(
+    "--edge-lr", default=6e-3, show_default=True, type=POSITIVE, help="Learning rate of the edge gates."
 )
 @click.option("--no-validate", is_flag=True, help="Skip the sufficiency/necessity/random/resample checks.")
 @click.option(
@@ -191,6 +201,7 @@ def prune(
     batch_pairs,
     train_pairs,
     eval_pairs,
+    holdout_pairs,
     mean_windows,
     no_calibrate,
     min_raw_accuracy,
@@ -199,6 +210,7 @@ def prune(
     no_edges,
     edge_steps,
     edge_k_coef,
+    edge_lr,
     no_validate,
     workers,
     seed,
@@ -240,6 +252,8 @@ def prune(
         edges=not no_edges,
         edge_steps=edge_steps,
         edge_k_coef=edge_k_coef,
+        edge_lr=edge_lr,
+        holdout_pairs=holdout_pairs,
         seed=seed,
     ).validate()
     natural = {t: load_natural(prompts_file, t) for t in tasks}  # a malformed file fails before any work

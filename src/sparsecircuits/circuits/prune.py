@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from sparsecircuits.circuits.ablations import DonorSource, make_donor_source
-from sparsecircuits.circuits.cleanup import clean_up
+from sparsecircuits.circuits.cleanup import clean_up, put_back
 from sparsecircuits.circuits.edge_masks import EdgeMask
 from sparsecircuits.circuits.edges import count_edges
 from sparsecircuits.circuits.masks import Gates, NodeMask
@@ -69,10 +69,15 @@ class PruneConfig:
     min_raw_accuracy: float = 0.9
     tie_qk: bool = False  # one gate per query/key channel pair (PAPER.md 5.1, fn 17)
     cleanup: bool = True  # greedy node removal after the bisection (circuits/cleanup.py)
+    # held-out check of the clean-up and the edge stage, on this many more training-split pairs (0: off)
+    holdout_pairs: int = 64
     cleanup_max_nodes: int = 256  # larger circuits skip it (one forward per node and pass)
     edges: bool = True  # learn edge gates inside the node circuit, then bisect them (circuits/edge_masks.py)
-    edge_steps: int = 200
+    # 100 steps at 6e-3 keep as many edges as 200 at the node gates' 3e-3 (within 2 %, 9 demo circuits;
+    # docs/circuits.md "Edge pruning") in half the time
+    edge_steps: int = 100
     edge_k_coef: float = 1e-4  # penalty per open edge
+    edge_lr: float = 6e-3
     edges_max: int = 4096  # node circuits with more edges skip the edge stage (too big to read anyway)
     seed: int = 0
 
@@ -81,6 +86,10 @@ class PruneConfig:
             raise UserError(f"target loss must be positive, got {self.target_loss}")
         if self.steps < 1 or self.batch_pairs < 1 or self.edge_steps < 1:
             raise UserError("steps, edge_steps and batch_pairs must be at least 1")
+        if self.holdout_pairs < 0:
+            raise UserError(f"holdout_pairs must be at least 0, got {self.holdout_pairs}")
+        if not (self.lr > 0 and self.edge_lr > 0):
+            raise UserError(f"learning rates must be positive, got lr {self.lr}, edge_lr {self.edge_lr}")
         if self.temp <= 0:
             raise UserError(f"temp must be positive, got {self.temp}")
         if not 0.0 <= self.min_raw_accuracy <= 1.0:
@@ -129,28 +138,28 @@ def train_mask(
     k_coef: float | None = None,
     steps: int | None = None,
     pool: Replicas | None = None,
+    lr: float | None = None,
 ) -> list[dict]:
     """Optimise the gates on batches of training pairs. Returns the logged history.
 
     donors: for the resample ablations, where each batch's ablated values come from (fresh every step).
     diff: (model, gates, chunk) -> correct-minus-wrong logit difference [n] of the gated model on a chunk of
-    prompts; by default the node gates of `mask`. k_coef, steps: override the config's (the edge stage has its
-    own). pool: model replicas on which a step's length buckets run side by side. Each bucket's gradient is
+    prompts; by default the node gates of `mask`. k_coef, steps, lr: override the config's (the edge stage has
+    its own). pool: model replicas on which a step's length buckets run side by side. Each bucket's gradient is
     taken on its own and the buckets' are summed in order, so the mask never depends on the number of workers.
     """
     k_coef = cfg.k_coef if k_coef is None else k_coef
     steps = cfg.steps if steps is None else steps
+    lr = cfg.lr if lr is None else lr
     pool = pool or Replicas(model)
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(
-        [mask.tau], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
-    )
+    opt = torch.optim.AdamW([mask.tau], lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     n_prompts = min(len(train), 2 * cfg.batch_pairs)
     history: list[dict] = []
     bar = tqdm(range(steps), desc="prune", disable=not progress, leave=False)
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, steps, cfg.warmup_frac)
+            group["lr"] = lr * lr_factor(step, steps, cfg.warmup_frac)
         batch = train.subset(torch.randperm(len(train), generator=gen)[:n_prompts])
         values = donors(batch.tokens, batch.last, mask.locations) if donors and diff is None else None
 
@@ -309,6 +318,27 @@ class WithClosedEdges(Evaluator):
         return self.edges.hooks(self.model, self.edge_gates)
 
 
+class HeldOut:
+    """The held-out check of a stage that removes units greedily by their effect on the validation pairs (the
+    clean-up, the edge bisection), which can pick removals whose small effect was luck. A circuit's held-out
+    score is its loss on pairs used for nothing else (training-split pairs after those the mask trained on),
+    under the calibration fitted for it on the validation pairs, frozen."""
+
+    def __init__(self, val: Evaluator, held: Evaluator):
+        self.val, self.held = val, held
+
+    def score(self, gates: torch.Tensor, val: Score | None = None) -> Score:
+        """The held-out score of the gate vector `gates` (of the evaluators' mask); val: its validation score,
+        if already known."""
+        return self.held(gates, (val or self.val(gates)).calibration)
+
+    def floor(self, before: torch.Tensor, target: Target) -> Target:
+        """What the stage's result must reach held out: the target, or the score of the circuit `before` the
+        stage where that one misses it already (the stage may not make it worse)."""
+        s = self.score(before)
+        return Target(max(target.loss, s.loss), min(target.min_raw_accuracy, s.accuracy_raw))
+
+
 def removal_effects_of(evaluate: Evaluator, gates: torch.Tensor, known: dict[int, float]) -> dict[int, float]:
     """node index -> validation loss with that node alone removed from the circuit `gates` [n_nodes]; `known`
     losses are reused, the others scored side by side (evaluate.many), resuming after the circuit's forward
@@ -369,9 +399,12 @@ def prune(
     pretraining: str | None = None,
     workers: int = 1,
     effects: bool = True,
+    held_out: PromptSet | None = None,
 ) -> PruneResult:
     """Learn node gates for one task and bisect to the target loss. `model` is left unchanged.
 
+    held_out: pairs used for nothing else, for the held-out check of the clean-up and the edge stage
+    (HeldOut); None skips the check.
     pretraining: a token file (the dataset's val.bin), needed by the "resample" ablation's donors.
     workers: threads that score candidate circuits side by side (circuits/parallel.py); the result does not
     depend on it. effects: measure each node's removal effect on the final circuit (one forward per node the
@@ -381,11 +414,11 @@ def prune(
     model.eval()
     model.requires_grad_(False)
     with Replicas(model, workers) as pool:
-        return _prune(model, means, train, evaluation, cfg, progress, pretraining, pool, effects)
+        return _prune(model, means, train, evaluation, cfg, progress, pretraining, pool, effects, held_out)
 
 
 def _prune(
-    model, means, train, evaluation, cfg, progress, pretraining, pool: Replicas, effects: bool
+    model, means, train, evaluation, cfg, progress, pretraining, pool: Replicas, effects: bool, held_out
 ) -> PruneResult:
     t0 = time.perf_counter()
     mask = NodeMask.for_model(
@@ -400,6 +433,12 @@ def _prune(
     )
     donors = make_donor_source(model, cfg.ablation, pretraining, cfg.seed)
     evaluate = Evaluator(model, mask, evaluation, cfg.calibrate, cfg.loss_convention, donors, pool=pool)
+    held = None
+    if held_out is not None:
+        scorer = Evaluator(
+            model, mask, held_out, cfg.calibrate, cfg.loss_convention, donors, "held-out", pool
+        )
+        held = HeldOut(evaluate, scorer)
     full = evaluate(torch.ones(mask.n_nodes))
     if full.loss > cfg.target_loss:
         raise UserError(
@@ -416,26 +455,9 @@ def _prune(
     stages = {"bisection": {"nodes": int(gates.sum()), "seconds": round(time.perf_counter() - t0, 2)}}
     removal_effects: dict[int, float] = {}
     if cfg.cleanup and int(gates.sum()) <= cfg.cleanup_max_nodes:
-        try:
-            cleaned = clean_up(
-                evaluate,
-                gates,
-                target,
-                mask.unit_index(),
-                progress,
-                evaluate.many,
-                evaluate.width,
-                evaluate.rebase,
-            )
-        finally:
-            evaluate.rebase(None)  # the edge stage scores the nodes under other hooks
-        gates, best = cleaned.gates, cleaned.score
-        removal_effects = cleaned.effects if mask.units is None else {}  # a tied unit is not one node
-        stages["cleanup"] = {
-            "nodes": cleaned.nodes_after,
-            "passes": cleaned.passes,
-            "seconds": round(cleaned.seconds, 2),
-        }
+        gates, best, removal_effects, stages["cleanup"] = _clean_up_stage(
+            evaluate, mask, gates, target, held, progress
+        )
     elif cfg.cleanup:
         stages["cleanup"] = {"skipped": f"more than {cfg.cleanup_max_nodes} nodes"}
     edge_mask = edge_gates = None
@@ -445,8 +467,8 @@ def _prune(
         stages["edges"] = {"skipped": f"more than {cfg.edges_max} edges"}
     elif cfg.edges:
         t1 = time.perf_counter()
-        edge_mask, edge_gates, edge_best, edge_trace = prune_edges(
-            model, mask, gates, train, evaluate, cfg, target, progress
+        edge_mask, edge_gates, edge_best, edge_trace, edge_check = prune_edges(
+            model, mask, gates, train, evaluate, cfg, target, progress, held
         )
         if edge_gates is not None:
             best = edge_best
@@ -457,6 +479,8 @@ def _prune(
             "edges": int(edge_gates.sum()) if edge_gates is not None else edge_mask.n_edges,
             "seconds": round(time.perf_counter() - t1, 2),
         }
+        if edge_check:
+            stages["edges"]["held_out"] = edge_check
     if effects and int(gates.sum()) <= MAX_EFFECT_NODES:
         final = evaluate if edge_gates is None else WithClosedEdges(evaluate, edge_mask, edge_gates)
         known = removal_effects if edge_gates is None else {}  # the clean-up's predate the edge stage
@@ -483,6 +507,58 @@ def _prune(
     )
 
 
+def _clean_up_stage(
+    evaluate: Evaluator,
+    mask: NodeMask,
+    gates: torch.Tensor,
+    target: Target,
+    held: HeldOut | None,
+    progress: bool,
+) -> tuple[torch.Tensor, Score, dict[int, float], dict]:
+    """The clean-up of the bisection's circuit `gates` [n_nodes], then its held-out check: removed nodes are
+    put back, last removed first, until the circuit reaches the HeldOut floor. Returns (gates, validation
+    score, per-node removal effects where still valid, the stage's record)."""
+    t0 = time.perf_counter()
+    try:
+        cleaned = clean_up(
+            evaluate,
+            gates,
+            target,
+            mask.unit_index(),
+            progress,
+            evaluate.many,
+            evaluate.width,
+            evaluate.rebase,
+        )
+    finally:
+        evaluate.rebase(None)  # the edge stage scores the nodes under other hooks
+    record: dict = {"passes": cleaned.passes}
+    cleaned_gates, best = cleaned.gates, cleaned.score
+    effects = cleaned.effects if mask.units is None else {}  # a tied unit is not one node
+    if held is not None and cleaned.removed:
+        floor = held.floor(gates, target)
+        cleaned_gates, back = put_back(
+            lambda g: floor.met_by(held.score(g)), cleaned_gates, cleaned.removed, mask.unit_index()
+        )
+        if back:
+            best, effects = evaluate(cleaned_gates), {}
+        record["held_out"] = _check_record(held.score(cleaned_gates), floor, back, cleaned.nodes_after)
+    record["nodes"] = int(cleaned_gates.sum())
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    return cleaned_gates, best, effects, record
+
+
+def _check_record(s: Score, floor: Target, back: int, before: int) -> dict:
+    """What a stage's circuit file records of its held-out check."""
+    return {
+        "size_before": before,
+        "put_back": back,
+        "loss": round(s.loss, 4),
+        "accuracy_raw": round(s.accuracy_raw, 4),
+        "floor": round(floor.loss, 4),
+    }
+
+
 def _n_edges(model: GPT, mask: NodeMask, gates: torch.Tensor) -> int:
     """Edges of the node circuit `gates` [n_nodes]."""
     return count_edges(model.state_dict(), model.cfg, {k: g.bool() for k, g in mask.split(gates).items()})
@@ -497,12 +573,14 @@ def prune_edges(
     cfg: PruneConfig,
     target: float | Target,
     progress: bool = True,
-) -> tuple[EdgeMask, torch.Tensor | None, Score | None, list[dict]]:
+    held: HeldOut | None = None,
+) -> tuple[EdgeMask, torch.Tensor | None, Score | None, list[dict], dict | None]:
     """The edge stage: learn a gate per edge of the node circuit `node_gates` [n_nodes] with a per-edge penalty,
     then bisect on the number of kept edges for the fewest that meet the target on the validation prompts.
 
+    held: the node stage's held-out check; then the kept edges also reach its floor, re-added by tau rank.
     Returns (edge mask, kept-edge gates [n_edges] or None when the circuit has no edge, their score, the
-    training history followed by the bisection trace).
+    training history followed by the bisection trace, the held-out check's record or None).
     """
     edges = EdgeMask(
         model,
@@ -514,7 +592,7 @@ def prune_edges(
         torch.Generator().manual_seed(cfg.seed),
     ).to(node_gates.device)
     if edges.n_edges == 0:
-        return edges, None, None, []
+        return edges, None, None, [], None
 
     def diff(replica: GPT, gates: torch.Tensor, chunk: PromptSet) -> torch.Tensor:
         with edges.hooks(replica, gates):
@@ -529,8 +607,41 @@ def prune_edges(
         diff=diff,
         k_coef=cfg.edge_k_coef,
         steps=cfg.edge_steps,
+        lr=cfg.edge_lr,
         pool=evaluate.pool,
     )
     edge_eval = EdgeEvaluator(evaluate, edges, node_gates)
     k, best, trace = bisect_nodes(edge_eval, edges, target)
-    return edges, edges.top_k_gates(k), best, history + [{"bisection": row} for row in trace]
+    check, target = None, as_target(target)
+    if held is not None:
+        k, best, check = _widen_to_held_out(
+            HeldOut(edge_eval, EdgeEvaluator(held.held, edges, node_gates)), edges, k, target
+        )
+    return edges, edges.top_k_gates(k), best, history + [{"bisection": row} for row in trace], check
+
+
+def _widen_to_held_out(held: HeldOut, edges: Gates, k: int, target: Target) -> tuple[int, Score, dict]:
+    """The edge bisection's held-out check: the fewest top edges, at least k, that meet both the target on the
+    validation pairs and the HeldOut floor (the node circuit's held-out score where it misses the target),
+    by bisection on [k, n_edges] (all edges open is the node circuit, which meets both)."""
+    n = edges.n_units
+    floor = held.floor(torch.ones(n), target)
+
+    def holds(j: int) -> bool:
+        g = edges.top_k_gates(j)
+        val = held.val(g)
+        return target.met_by(val) and floor.met_by(held.score(g, val))
+
+    lo, hi = k - 1, n  # holds(hi); holds(lo) unknown below k, not tried
+    if holds(k):
+        hi = k
+    else:
+        lo = k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+    g = edges.top_k_gates(hi)
+    return hi, held.val(g), _check_record(held.score(g), floor, hi - k, k)

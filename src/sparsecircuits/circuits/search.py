@@ -44,6 +44,7 @@ def search(
     log=print,
     pretraining: str | None = None,
     workers: int = 1,
+    held_out: PromptSet | None = None,
 ) -> tuple[PruneResult, list[dict]]:
     """Successive halving over `budget` settings; returns the best result and a summary row per trial.
 
@@ -51,7 +52,7 @@ def search(
     the bisection's circuit size (ties: loss); the better half is re-run with twice the steps, and so on,
     until the last survivor runs the full `base.steps` with the clean-up as configured. Survivors restart
     from scratch (the mask's schedule depends on its length), so the cost is about R + 1 full trials rather
-    than `budget`. budget 1 is one plain trial with the base setting. workers: see prune.prune.
+    than `budget`. budget 1 is one plain trial with the base setting. workers, held_out: see prune.prune.
     """
     rng = random.Random(base.seed)
     survivors = [propose(base, trial, rng) for trial in range(budget)]
@@ -67,7 +68,16 @@ def search(
                 cfg, steps=steps, cleanup=cfg.cleanup and last, edges=cfg.edges and last
             )
             res = prune(
-                model, means, train, evaluation, trial_cfg, progress, pretraining, workers, effects=last
+                model,
+                means,
+                train,
+                evaluation,
+                trial_cfg,
+                progress,
+                pretraining,
+                workers,
+                effects=last,
+                held_out=held_out if last else None,
             )
             results.append((res, cfg))
             rows.append(

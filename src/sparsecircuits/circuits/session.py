@@ -126,7 +126,11 @@ def prune_one(
     from sparsecircuits.circuits.circuit import make_circuit
     from sparsecircuits.circuits.search import search
 
-    train = session.prompts(task, train_pairs, "train", cfg.seed)
+    # the held-out pairs are the training split's next ones after those the mask trains on (Task.pairs draws
+    # the same sequence for any count), so they are distinct from them and from the validation pairs
+    drawn = session.prompts(task, train_pairs + cfg.holdout_pairs, "train", cfg.seed)
+    train = drawn.subset(torch.arange(2 * train_pairs))
+    held_out = drawn.subset(torch.arange(2 * train_pairs, len(drawn))) if cfg.holdout_pairs else None
     evaluation = session.prompts(task, eval_pairs, "val", cfg.seed)
     result, rows = search(
         session.model,
@@ -139,6 +143,7 @@ def prune_one(
         log=lambda s: click.echo(s, err=True),
         pretraining=session.pretraining,
         workers=session.workers,
+        held_out=held_out,
     )
     task_info = {
         "name": task,
@@ -146,6 +151,7 @@ def prune_one(
         "n_pairs": train_pairs,
         "eval_split": "val",
         "eval_pairs": eval_pairs,
+        "held_out_pairs": cfg.holdout_pairs,  # training-split pairs after the first n_pairs
     }
     circuit = make_circuit(session.model, session.model_info, task_info, result, rows)
     if (
