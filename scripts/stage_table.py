@@ -1,5 +1,6 @@
 """The stage table of a folder of circuits (docs/results.md): per task and model, nodes and edges after each
-pruning stage (bisection -> clean-up -> edges), the test-split scores raw and calibrated, and the seconds.
+pruning stage (bisection -> clean-up -> edges), the test-split scores raw and calibrated, what the held-out
+check put back, and the seconds.
 
     python scripts/stage_table.py runs/demo/circuits     # circuits/<model>/<task>.circuit.json
 """
@@ -27,6 +28,17 @@ def sizes(c: dict, key: str) -> str:
     )
 
 
+def held_out(c: dict) -> str:
+    """What the held-out check put back: 'N nodes / M edges' over the stages it checked, '-' without it."""
+    stages = c.get("stages") or {}
+    parts = [
+        f"{stages[name]['held_out']['put_back']:,} {unit}"
+        for name, unit in (("cleanup", "nodes"), ("edges", "edges"))
+        if "held_out" in stages.get(name, {})
+    ]
+    return " / ".join(parts) or "-"
+
+
 def row(model: str, c: dict) -> str:
     v = c.get("validation") or {}
     suff, nec, res = v.get("sufficiency", {}), v.get("necessity", {}), v.get("resample", {})
@@ -37,7 +49,7 @@ def row(model: str, c: dict) -> str:
         f"{suff.get('loss_raw', float('nan')):.3f} / {suff.get('loss_calibrated', float('nan')):.3f} | "
         f"{suff.get('accuracy_raw', float('nan')):.2f} | {nec.get('loss_raw', float('nan')):.2f} | "
         f"{res.get('loss_raw', float('nan')):.2f} / {res.get('loss_calibrated', float('nan')):.2f} | {natural} | "
-        f"{v.get('verdict', '-')} | {c['pruning']['seconds']:.0f} |"
+        f"{v.get('verdict', '-')} | {held_out(c)} | {c['pruning']['seconds']:.0f} |"
     )
 
 
@@ -47,9 +59,10 @@ def main() -> None:
     args = ap.parse_args()
     print(
         "| task (target) | model | nodes (bisection -> clean-up -> edges) | edges | suff. raw / cal | raw acc | "
-        "nec. raw | resample raw / cal | natural: circuit cal (full model) | verdict | prune s |"
+        "nec. raw | resample raw / cal | natural: circuit cal (full model) | verdict | held-out check: put back | "
+        "prune s |"
     )
-    print("|---|---|---|---|---|---:|---:|---|---:|---|---:|")
+    print("|---|---|---|---|---|---:|---:|---|---:|---|---|---:|")
     circuits = sorted(args.folder.glob("*/*.circuit.json"))
     for path in sorted(circuits, key=lambda p: (p.stem, p.parent.name != "sparse")):
         print(row(path.parent.name, json.loads(path.read_text())))

@@ -127,3 +127,22 @@ def test_bad_held_out_settings_are_refused():
         PruneConfig(holdout_pairs=-1).validate()
     with pytest.raises(UserError, match="learning rates"):
         PruneConfig(edge_lr=0.0).validate()
+
+
+def test_the_summary_names_what_the_check_put_back():
+    from sparsecircuits.circuits.commands import score_lines
+
+    held = {"size_before": 85, "put_back": 40, "loss": 0.144, "accuracy_raw": 0.93, "floor": 0.15}
+    score = {"loss_raw": 0.4, "loss_calibrated": 0.1, "accuracy_raw": 0.9}
+    circuit = {
+        "task": {"name": "var_if", "held_out_pairs": 64},
+        "target_loss": 0.15,
+        "achieved": {**score, "full_model": score},
+        "counts": {"nodes": 125, "edges": 204, "stage": "cleanup"},
+        "stages": {
+            "bisection": {"nodes": 253, "edges": 581},
+            "cleanup": {"nodes": 125, "edges": 204, "held_out": held},
+        },
+    }
+    text = "\n".join(score_lines(circuit))
+    assert "held-out check (64 pairs): cleanup put back 40 nodes" in text and "must reach 0.150" in text

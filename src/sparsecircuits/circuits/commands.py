@@ -60,6 +60,14 @@ def score_lines(c: dict) -> list[str]:
     ]
     if len(sizes) > 1:
         lines.append("  nodes / edges: " + " -> ".join(sizes))
+    checks = [
+        f"{name} put back {st[name]['held_out']['put_back']} {unit} (held-out loss "
+        f"{_fmt(st[name]['held_out']['loss'])}, must reach {_fmt(st[name]['held_out']['floor'])})"
+        for name, unit in (("cleanup", "nodes"), ("edges", "edges"))
+        if "held_out" in st.get(name, {})
+    ]
+    if checks:
+        lines.append(f"  held-out check ({c['task'].get('held_out_pairs', '?')} pairs): " + "; ".join(checks))
     v = c.get("validation") or {}
     if "sufficiency" in v:
         lines.append(
