@@ -114,3 +114,20 @@ def test_clean_up_and_effects_are_the_same_with_and_without_resuming():
         g = plain.gates.clone()
         g[i] = 0.0
         assert final(g).loss == loss
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_prefix_recorded_from_another_equals_one_recorded_afresh(name):
+    model = tiny(**CONFIGS[name])
+    mask, prompts = mean_mask(model), random_prompts()
+    base_gates = (torch.rand(mask.n_nodes) < 0.5).float()
+    with torch.no_grad():
+        base = record_prefix(model, mask, base_gates, prompts)
+        for loc, piece in mask.split(torch.arange(mask.n_nodes)).items():
+            gates = base_gates.clone()
+            gates[piece[0]] = 1.0 - gates[piece[0]]
+            fresh = record_prefix(model, mask, gates, prompts)
+            derived = record_prefix(model, mask, gates, prompts, base)
+            for a, b in zip(fresh.resid, derived.resid):
+                assert a.keys() == b.keys()
+                assert all(torch.equal(a[p], b[p]) for p in a), loc

@@ -55,13 +55,20 @@ class Prefix:
         return self.points[i] if i >= 0 else None
 
 
-def record_prefix(model: GPT, mask: NodeMask, gates: Tensor, prompts) -> Prefix | None:
+def record_prefix(
+    model: GPT, mask: NodeMask, gates: Tensor, prompts, base: Prefix | None = None
+) -> Prefix | None:
     """Run the circuit `gates` [n_nodes] on `prompts` (a scoring.PromptSet) up to the last resume point and
     keep the residual arriving at every point; None for a model with no point (one layer). Call under
-    torch.no_grad(), with any other hooks of the scores to come (closed edges) installed."""
+    torch.no_grad(), with any other hooks of the scores to come (closed edges) installed.
+
+    base: the prefix of a circuit recorded under the same hooks on the same prompts; the points up to where
+    `gates` first differs from it are taken from it, and only the later ones are run (after a clean-up
+    removal in the last block, none)."""
     points = resume_points(model)
     if not points:
         return None
+    start = base.resume(gates) if base is not None and base.prompts is prompts else None
     names = model.hook_names()
     order = [names.index(p) for p in points]
     node_point = torch.cat(
@@ -70,12 +77,15 @@ def record_prefix(model: GPT, mask: NodeMask, gates: Tensor, prompts) -> Prefix 
             for loc, width in zip(mask.locations, mask.widths)
         ]
     )
+    later = points if start is None else points[points.index(start) + 1 :]
     resid = []
-    for rows in prompts.length_buckets():
-        chunk = prompts.subset(rows.to(prompts.last.device))
-        seen: dict[str, Tensor] = {}
-        readers = {p: functools.partial(seen.__setitem__, p) for p in points}
-        with model.hooks(readers), model.hooks(mask.hooks(gates)):  # readers first: the arriving value
-            model.run_with_cache(chunk.tokens, [], stop_at=points[-1])
+    for i, rows in enumerate(prompts.length_buckets()):
+        seen: dict[str, Tensor] = {} if start is None else {p: base.resid[i][p] for p in points}
+        if later:
+            chunk = prompts.subset(rows.to(prompts.last.device))
+            resume = None if start is None else (start, seen[start])
+            readers = {p: functools.partial(seen.__setitem__, p) for p in later}
+            with model.hooks(readers), model.hooks(mask.hooks(gates)):  # readers first: the arriving value
+                model.run_with_cache(chunk.tokens, [], stop_at=later[-1], resume=resume)
         resid.append(seen)
     return Prefix(gates.detach().clone(), prompts, points, node_point, resid)

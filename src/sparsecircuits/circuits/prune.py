@@ -277,10 +277,10 @@ class Evaluator:
         """Record the forward of the circuit `gates` [n_nodes] up to its last resume point, so that later
         scores of gate vectors differing from it only late in the forward resume there (circuits/prefix.py;
         same scores); None forgets it. Only for scores of node gates under this evaluator's own hooks."""
-        self.prefix = None
+        base, self.prefix = self.prefix, None
         if gates is not None and self.values is None:
-            with self.hooked():
-                self.prefix = record_prefix(self.model, self.mask, gates, self.prompts)
+            with self.hooked():  # from the last prefix on: a removal in the last block re-runs nothing
+                self.prefix = record_prefix(self.model, self.mask, gates, self.prompts, base)
 
     def __call__(self, gates: torch.Tensor, calibration: Calibration | None = None) -> Score:
         return score(

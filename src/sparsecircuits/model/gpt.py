@@ -422,7 +422,11 @@ class GPT(nn.Module):
             del self._hooks[name]
 
     def run_with_cache(
-        self, idx: Tensor, names: Sequence[str], stop_at: str | None = None
+        self,
+        idx: Tensor,
+        names: Sequence[str],
+        stop_at: str | None = None,
+        resume: tuple[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Run the forward on idx [B, T] and return the activations at the hook points `names`.
 
@@ -434,7 +438,8 @@ class GPT(nn.Module):
 
         stop_at: a hook name; the forward stops right after it, so later layers and the unembedding are not
         computed. Every name must come no later than stop_at in the forward (`hook_names()` order). Reading
-        never changes the forward: the logits are bit-identical to `model(idx)`.
+        never changes the forward: the logits are bit-identical to `model(idx)`. resume: as in `forward`
+        (the names must then come after its point).
         """
         names = list(names)
         if stop_at is not None:
@@ -453,11 +458,11 @@ class GPT(nn.Module):
 
         with self.hooks({name: reader(name) for name in names}):
             if stop_at is None:
-                self(idx)
+                self(idx, resume=resume)
             else:
                 with self.hooks({stop_at: _stop_forward}):  # installed last: runs after the readers
                     try:
-                        self(idx)
+                        self(idx, resume=resume)
                     except _StopForward:
                         pass
         return {name: cache[name] for name in names}
