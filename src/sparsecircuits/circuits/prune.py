@@ -516,7 +516,7 @@ def _clean_up_stage(
     progress: bool,
 ) -> tuple[torch.Tensor, Score, dict[int, float], dict]:
     """The clean-up of the bisection's circuit `gates` [n_nodes], then its held-out check: removed nodes are
-    put back, last removed first, until the circuit reaches the HeldOut floor. Returns (gates, validation
+    put back, the fewest of the last removals that make the circuit reach the HeldOut floor. Returns (gates, validation
     score, per-node removal effects where still valid, the stage's record)."""
     t0 = time.perf_counter()
     try:
