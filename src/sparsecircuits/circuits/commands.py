@@ -149,7 +149,7 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
 @shown_option("--eval-pairs", 64, count(1, MAX_PAIRS), "Fixed validation pairs for the bisection.")
 @shown_option(
     "--holdout-pairs",
-    64,
+    128,
     count(0, MAX_PAIRS),
     "More training-split pairs, used for nothing else, that the clean-up and the edge stage must also pass "
     "(removals put back until they do; 0: no check).",

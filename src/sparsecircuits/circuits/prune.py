@@ -70,7 +70,7 @@ class PruneConfig:
     tie_qk: bool = False  # one gate per query/key channel pair (PAPER.md 5.1, fn 17)
     cleanup: bool = True  # greedy node removal after the bisection (circuits/cleanup.py)
     # held-out check of the clean-up and the edge stage, on this many more training-split pairs (0: off)
-    holdout_pairs: int = 64
+    holdout_pairs: int = 128
     cleanup_max_nodes: int = 256  # larger circuits skip it (one forward per node and pass)
     edges: bool = True  # learn edge gates inside the node circuit, then bisect them (circuits/edge_masks.py)
     # 100 steps at 6e-3 keep as many edges as 200 at the node gates' 3e-3 (within 2 %, 9 demo circuits;
