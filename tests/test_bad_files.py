@@ -343,6 +343,8 @@ BAD_FRONTIER = {
     "prune key typo": ({"prune": {"stepz": 3}}, "stepz"),
     "prune value negative": ({"prune": {"steps": -3}}, "prune.steps"),
     "prune value text": ({"prune": {"budget": "2"}}, "prune.budget"),
+    "held-out pairs negative": ({"prune": {"holdout_pairs": -1}}, "prune.holdout_pairs"),
+    "held-out pairs text": ({"prune": {"holdout_pairs": "64"}}, "prune.holdout_pairs"),
     "prune not an object": ({"prune": [3]}, "'prune'"),
     "top-level typo": ({"stepz": 3}, "stepz"),
     "sweep target negative": ({"sweep_targets": [0.3, -0.1]}, "sweep_targets"),

@@ -156,3 +156,18 @@ def test_the_summary_names_what_the_check_put_back():
     }
     text = "\n".join(score_lines(circuit))
     assert "held-out check (64 pairs): cleanup put back 40 nodes" in text and "must reach 0.150" in text
+
+
+def test_the_frontier_config_takes_held_out_pairs():
+    import pytest
+
+    from sparsecircuits.errors import UserError
+    from sparsecircuits.experiments.frontier import check_values
+
+    def config(held):
+        return {"data": "data/mix", "out": "runs/f", "prune": {"holdout_pairs": held}}
+
+    check_values(config(0), "frontier.json")  # 0 turns the check off
+    check_values(config(256), "frontier.json")
+    with pytest.raises(UserError, match="holdout_pairs"):
+        check_values(config(1.5), "frontier.json")

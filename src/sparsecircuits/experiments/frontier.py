@@ -48,7 +48,7 @@ from sparsecircuits.io import atomic_write_json, atomic_write_text, read_json
 MODEL_KEYS = {"name", "preset", "dense", "set", "run", "stop_at_loss", "match_loss_of"}
 PRUNE_INT_KEYS = {"steps", "budget", "train_pairs", "eval_pairs"}
 PRUNE_BOOL_KEYS = {"cleanup", "edges"}  # the clean-up and edge stages (both on by default, as in `prune`)
-PRUNE_KEYS = PRUNE_INT_KEYS | PRUNE_BOOL_KEYS | {"min_raw_accuracy"}
+PRUNE_KEYS = PRUNE_INT_KEYS | PRUNE_BOOL_KEYS | {"min_raw_accuracy", "holdout_pairs"}
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a plain folder name: never a path
 
 
@@ -147,6 +147,9 @@ def check_values(raw: dict[str, Any], where: str) -> None:
     bad = [k for k, v in prune.items() if k in PRUNE_BOOL_KEYS and not isinstance(v, bool)]
     if bad:
         raise UserError(f"{where}: prune.{bad[0]} must be true or false, got {prune[bad[0]]!r}")
+    held = prune.get("holdout_pairs", 0)
+    if isinstance(held, bool) or not isinstance(held, int) or held < 0:
+        raise UserError(f"{where}: prune.holdout_pairs must be an integer >= 0, got {held!r}")
     floor = prune.get("min_raw_accuracy", 0.9)
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
         raise UserError(f"{where}: prune.min_raw_accuracy must be a number in [0, 1], got {floor!r}")
@@ -281,6 +284,7 @@ def prune_cells(cfg: FrontierConfig, m: dict, path: Path) -> dict[str, dict]:
         cleanup=p.get("cleanup", True),
         edges=p.get("edges", True),
         min_raw_accuracy=p.get("min_raw_accuracy", 0.9),
+        holdout_pairs=p.get("holdout_pairs", PruneConfig.holdout_pairs),
     )
     for task in cfg.tasks:
         cell = cfg.out / "cells" / m["name"] / f"{task}.json"
