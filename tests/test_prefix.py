@@ -48,13 +48,19 @@ def mean_mask(model: GPT) -> NodeMask:
     return NodeMask(widths, {loc: torch.randn(w) for loc, w in widths.items()})
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_a_resumed_forward_equals_the_full_one_at_every_location(name):
+def recorded(name: str):
+    """A tiny model of CONFIGS[name], a mean mask, prompts, a random circuit and its recorded prefix."""
     model = tiny(**CONFIGS[name])
     mask, prompts = mean_mask(model), random_prompts()
     base = (torch.rand(mask.n_nodes) < 0.5).float()
     with torch.no_grad():
         prefix = record_prefix(model, mask, base, prompts)
+    return model, mask, prompts, base, prefix
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_resumed_forward_equals_the_full_one_at_every_location(name):
+    model, mask, prompts, base, prefix = recorded(name)
     last = model.cfg.n_layer - 1
     for loc, piece in mask.split(torch.arange(mask.n_nodes)).items():
         for node in piece[[0, -1]].tolist():
@@ -118,11 +124,8 @@ def test_clean_up_and_effects_are_the_same_with_and_without_resuming():
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_prefix_recorded_from_another_equals_one_recorded_afresh(name):
-    model = tiny(**CONFIGS[name])
-    mask, prompts = mean_mask(model), random_prompts()
-    base_gates = (torch.rand(mask.n_nodes) < 0.5).float()
+    model, mask, prompts, base_gates, base = recorded(name)
     with torch.no_grad():
-        base = record_prefix(model, mask, base_gates, prompts)
         for loc, piece in mask.split(torch.arange(mask.n_nodes)).items():
             gates = base_gates.clone()
             gates[piece[0]] = 1.0 - gates[piece[0]]

@@ -135,6 +135,20 @@ def clean_up(
     return CleanupResult(gates, best, before, passes, time.perf_counter() - t0, effects, removed_units)
 
 
+def fewest(holds: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The smallest j in [lo, hi] with holds(j), by bisection, taking holds(hi) as given and holds as
+    monotone (a circuit with more kept is never worse)."""
+    if holds(lo):
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def put_back(
     holds: Callable[[torch.Tensor], bool],
     gates: torch.Tensor,
@@ -142,24 +156,18 @@ def put_back(
     units: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Put the last removed units back into the circuit `gates` [n_nodes], as few as make `holds(gates)` true
-    (the held-out check, prune.HeldOut): a bisection on their number, taking `holds` of the circuit with every
-    removal undone as given and more put back as never worse. Each circuit tried is one the clean-up passed
-    through, so it still meets the target on the validation pairs. Returns (gates, units put back)."""
+    (the held-out check, prune.HeldOut): a bisection on their number (`fewest`), the circuit with every
+    removal undone taken to hold. Each circuit tried is one the clean-up passed through, so it still meets the
+    target on the validation pairs. Returns (gates, units put back)."""
     units = torch.arange(len(gates)) if units is None else units.cpu()
 
     def with_back(b: int) -> torch.Tensor:
+        if b == 0:
+            return gates
         g = gates.clone()
         for u in removed[len(removed) - b :]:
             g[units == u] = 1.0
         return g
 
-    if holds(gates):
-        return gates, 0
-    lo, hi = 0, len(removed)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if holds(with_back(mid)):
-            hi = mid
-        else:
-            lo = mid
-    return with_back(hi), hi
+    back = fewest(lambda b: holds(with_back(b)), 0, len(removed))
+    return with_back(back), back

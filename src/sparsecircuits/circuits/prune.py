@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from sparsecircuits.circuits.ablations import DonorSource, make_donor_source
-from sparsecircuits.circuits.cleanup import clean_up, put_back
+from sparsecircuits.circuits.cleanup import clean_up, fewest, put_back
 from sparsecircuits.circuits.edge_masks import EdgeMask
 from sparsecircuits.circuits.edges import count_edges
 from sparsecircuits.circuits.masks import Gates, NodeMask
@@ -542,7 +542,7 @@ def _clean_up_stage(
         )
         if back:
             best, effects = evaluate(cleaned_gates), {}
-        record["held_out"] = _check_record(held.score(cleaned_gates), floor, back, cleaned.nodes_after)
+        record["held_out"] = _check_record(held.score(cleaned_gates, best), floor, back, cleaned.nodes_after)
     record["nodes"] = int(cleaned_gates.sum())
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return cleaned_gates, best, effects, record
@@ -632,16 +632,7 @@ def _widen_to_held_out(held: HeldOut, edges: Gates, k: int, target: Target) -> t
         val = held.val(g)
         return target.met_by(val) and floor.met_by(held.score(g, val))
 
-    lo, hi = k - 1, n  # holds(hi); holds(lo) unknown below k, not tried
-    if holds(k):
-        hi = k
-    else:
-        lo = k
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if holds(mid):
-            hi = mid
-        else:
-            lo = mid
-    g = edges.top_k_gates(hi)
-    return hi, held.val(g), _check_record(held.score(g), floor, hi - k, k)
+    kept = fewest(holds, k, n)
+    g = edges.top_k_gates(kept)
+    val = held.val(g)
+    return kept, val, _check_record(held.score(g, val), floor, kept - k, k)
