@@ -54,6 +54,25 @@ def test_abstopk_fast_path_equals_reference_on_random_rows(dtype, shape, k):
     assert torch.equal(bits(out), bits(torch.where(reference_mask(x, k), x, torch.zeros((), dtype=dtype))))
 
 
+def test_abstopk_reused_scratch_across_shapes_and_threads():
+    """The fast path's work arrays are reused per thread: blocks of other sizes in turn, and two threads at
+    once, each still get their own rows' answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(2)
+    blocks = [
+        (torch.randn(rows, n), k) for rows, n, k in [(512, 64, 16), (40, 512, 200), (2000, 64, 31), (7, 8, 3)]
+    ]
+    expected = [reference_mask(x, k).numpy() for x, k in blocks]
+    for _ in range(2):
+        for (x, k), want in zip(blocks, expected, strict=True):
+            assert (abstopk_mod.threshold_keep(x, k) == want).all()
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda b: abstopk_mod.threshold_keep(*b), blocks * 8))
+    for keep, want in zip(got, expected * 8, strict=True):
+        assert (keep == want).all()
+
+
 def test_abstopk_fast_path_on_non_contiguous_views():
     torch.manual_seed(1)
     qkv = torch.randn(4, 16, 3 * 32, requires_grad=True)

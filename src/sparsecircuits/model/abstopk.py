@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -46,6 +47,25 @@ def abstopk(x: Tensor, k: int) -> Tensor:
     return abstopk_reference(x, k)
 
 
+class _Scratch(threading.local):
+    """Two integer work arrays per thread, grown to the largest block seen and reused: a fresh megabyte-sized
+    numpy array per call costs page faults that took longer than the selection itself (1.7 ms against 0.55 ms
+    per call for a [2048, 128] block)."""
+
+    def __init__(self) -> None:
+        self.flat: dict[np.dtype, np.ndarray] = {}
+
+    def pair(self, dtype: np.dtype, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        size = shape[0] * shape[1]
+        flat = self.flat.get(dtype)
+        if flat is None or flat.size < 2 * size:
+            flat = self.flat[dtype] = np.empty(2 * size, dtype)
+        return flat[:size].reshape(shape), flat[size : 2 * size].reshape(shape)
+
+
+_SCRATCH = _Scratch()
+
+
 def threshold_keep(x: Tensor, k: int) -> np.ndarray | None:
     """Keep-mask of AbsTopK, or None where the reference must decide. x: [..., n] (float32/64) -> bool [..., n].
 
@@ -58,8 +78,11 @@ def threshold_keep(x: Tensor, k: int) -> np.ndarray | None:
     """
     bits = FLOAT_BITS[x.dtype]
     n = x.shape[-1]
-    mag = np.bitwise_and(x.detach().numpy().view(bits.dtype), bits.abs_bits).reshape(-1, n)
-    part = np.partition(mag, n - k, axis=-1)
+    ints = x.detach().numpy().view(bits.dtype).reshape(-1, n)
+    mag, part = _SCRATCH.pair(bits.dtype, ints.shape)
+    np.bitwise_and(ints, bits.abs_bits, out=mag)
+    np.copyto(part, mag)
+    part.partition(n - k, axis=-1)
     thr = part[:, n - k : n - k + 1]
     if part[:, n - k :].max(initial=0) > bits.inf_bits:
         return None  # a NaN
