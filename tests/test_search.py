@@ -29,12 +29,12 @@ def test_successive_halving_runs_short_trials_and_continues_the_best(monkeypatch
     calls: list = []
     held: list = []
     monkeypatch.setattr(search_mod, "prune", fake_prune(calls, held))
-    base = PruneConfig(steps=160)
+    base = PruneConfig(steps=600)
     best, rows = search_mod.search(
         None, None, None, None, base, budget=8, progress=False, log=lambda s: None, held_out="HELD"
     )
     assert [r["rung"] for r in rows] == [0] * 8 + [1] * 4 + [2] * 2 + [3]
-    assert [r["steps"] for r in rows] == [20] * 8 + [40] * 4 + [80] * 2 + [160]
+    assert [r["steps"] for r in rows] == [75] * 8 + [150] * 4 + [300] * 2 + [600]
     assert [c.cleanup for c in calls] == [False] * 14 + [True]  # clean-up only for the final run
     assert held == [None] * 14 + ["HELD"]  # and so its held-out check
     # each rung keeps the better half: the survivors are the settings with the smallest circuits so far
@@ -53,3 +53,21 @@ def test_budget_one_is_one_plain_trial(monkeypatch):
     base = PruneConfig(steps=150)
     _, rows = search_mod.search(None, None, None, None, base, budget=1, progress=False)
     assert len(calls) == 1 and calls[0] == base and rows[0]["steps"] == 150
+
+
+def test_no_rung_is_shorter_than_the_floor(monkeypatch):
+    """Fewer, longer rungs where halving would go under MIN_RUNG_STEPS: each then keeps a smaller share."""
+    assert search_mod.MIN_RUNG_STEPS == 75
+    assert search_mod.rung_plan(8, 300) == [(8, 75), (3, 150), (1, 300)]
+    assert search_mod.rung_plan(8, 160) == [(8, 80), (1, 160)]
+    assert search_mod.rung_plan(4, 100) == [(4, 100)]  # no room to halve: every setting in full
+    calls: list = []
+    monkeypatch.setattr(search_mod, "prune", fake_prune(calls))
+    best, rows = search_mod.search(None, None, None, None, PruneConfig(steps=160), budget=8, progress=False)
+    assert [r["steps"] for r in rows] == [80] * 8 + [160]
+    assert rows[-1]["k_coef"] == min(rows[:8], key=lambda r: r["k"])["k_coef"]  # the best of rung 0 goes on
+    assert [c.cleanup for c in calls] == [False] * 8 + [True]
+    calls.clear()
+    best, rows = search_mod.search(None, None, None, None, PruneConfig(steps=100), budget=4, progress=False)
+    assert [r["steps"] for r in rows] == [100] * 4 and all(c.cleanup for c in calls)
+    assert best.k == min(r["k"] for r in rows)

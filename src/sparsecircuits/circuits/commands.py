@@ -133,8 +133,8 @@ def load_natural(prompts_file: Path | None, task: str) -> list[dict] | None:
     "--budget",
     1,
     count(1, 1000),
-    "Settings tried per task by successive halving: all run briefly, the better half again with twice the "
-    "steps, until one runs --steps in full (1: the given settings alone).",
+    "Settings tried per task by successive halving: all run briefly (never under 75 steps), the better half "
+    "again with twice the steps, until one runs --steps in full (1: the given settings alone).",
 )
 @click.option(
     "--k-coef",
