@@ -345,6 +345,8 @@ BAD_FRONTIER = {
     "prune value text": ({"prune": {"budget": "2"}}, "prune.budget"),
     "held-out pairs negative": ({"prune": {"holdout_pairs": -1}}, "prune.holdout_pairs"),
     "held-out pairs text": ({"prune": {"holdout_pairs": "64"}}, "prune.holdout_pairs"),
+    "k_coef zero": ({"prune": {"k_coef": 0}}, "prune.k_coef"),
+    "k_coef text": ({"prune": {"k_coef": "1e-2"}}, "prune.k_coef"),
     "prune not an object": ({"prune": [3]}, "'prune'"),
     "top-level typo": ({"stepz": 3}, "stepz"),
     "sweep target negative": ({"sweep_targets": [0.3, -0.1]}, "sweep_targets"),

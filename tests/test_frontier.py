@@ -33,7 +33,7 @@ def test_frontier_smoke(tmp_path):
         "target_loss": 2.0,  # pair-sum (chance 1.386): tiny models barely learn
         "sweep_targets": [2.0, 1.38],
         "tasks": ["single_double_quote", "bracket_counting"],
-        "prune": {"steps": 3, "train_pairs": 16, "eval_pairs": 16},
+        "prune": {"steps": 3, "train_pairs": 16, "eval_pairs": 16, "k_coef": 0.02},
         "models": [{"name": "sparse", "preset": "tiny"}, {"name": "dense", "preset": "tiny", "dense": True}],
     }
     path = tmp_path / "frontier.json"
@@ -49,6 +49,10 @@ def test_frontier_smoke(tmp_path):
     assert "pair-sum convention" in (out / "frontier.md").read_text()
     for f in ("frontier.json", "frontier.md", "fig3_frontier.png", "fig2_loss_vs_edges.png"):
         assert (out / f).is_file(), f
+    circuits = list(out.rglob("*.circuit.json"))
+    assert circuits and all(
+        json.loads(p.read_text())["pruning"]["hyperparameters"]["k_coef"] == 0.02 for p in circuits
+    )
     # a rerun reuses every finished cell: no model is retrained, no circuit rewritten
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.circuit.json")}
     run_frontier(FrontierConfig.load(path))

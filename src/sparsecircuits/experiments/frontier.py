@@ -8,7 +8,7 @@ A config file (JSON) names the dataset, the models and how to prune:
       "target_loss": 0.15,
       "sweep_targets": [0.5, 0.3, 0.15, 0.08],
       "tasks": ["single_double_quote", "bracket_counting"],      // default: all 20
-      "prune": {"steps": 300, "budget": 1},
+      "prune": {"steps": 300, "budget": 1},                      // also k_coef, eval_pairs, ...
       "models": [
         {"name": "dense-64", "preset": "demo", "dense": true, "set": ["model.d_model=64"]},
         {"name": "sparse-128-l0.25", "preset": "demo", "set": ["train.l0_target=0.25"]},
@@ -48,7 +48,7 @@ from sparsecircuits.io import atomic_write_json, atomic_write_text, read_json
 MODEL_KEYS = {"name", "preset", "dense", "set", "run", "stop_at_loss", "match_loss_of"}
 PRUNE_INT_KEYS = {"steps", "budget", "train_pairs", "eval_pairs"}
 PRUNE_BOOL_KEYS = {"cleanup", "edges"}  # the clean-up and edge stages (both on by default, as in `prune`)
-PRUNE_KEYS = PRUNE_INT_KEYS | PRUNE_BOOL_KEYS | {"min_raw_accuracy", "holdout_pairs"}
+PRUNE_KEYS = PRUNE_INT_KEYS | PRUNE_BOOL_KEYS | {"min_raw_accuracy", "holdout_pairs", "k_coef"}
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a plain folder name: never a path
 
 
@@ -153,6 +153,9 @@ def check_values(raw: dict[str, Any], where: str) -> None:
     floor = prune.get("min_raw_accuracy", 0.9)
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
         raise UserError(f"{where}: prune.min_raw_accuracy must be a number in [0, 1], got {floor!r}")
+    k_coef = prune.get("k_coef", 1.0)
+    if isinstance(k_coef, bool) or not isinstance(k_coef, (int, float)) or not 0 < k_coef < math.inf:
+        raise UserError(f"{where}: prune.k_coef must be a positive number, got {k_coef!r}")
 
 
 @dataclass
@@ -285,6 +288,7 @@ def prune_cells(cfg: FrontierConfig, m: dict, path: Path) -> dict[str, dict]:
         edges=p.get("edges", True),
         min_raw_accuracy=p.get("min_raw_accuracy", 0.9),
         holdout_pairs=p.get("holdout_pairs", PruneConfig.holdout_pairs),
+        k_coef=float(p.get("k_coef", PruneConfig.k_coef)),
     )
     for task in cfg.tasks:
         cell = cfg.out / "cells" / m["name"] / f"{task}.json"
