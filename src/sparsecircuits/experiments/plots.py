@@ -104,6 +104,7 @@ def frontier(points: list[dict]):
     if any(p.get("geomean_edges") for p in points):
         fig.colorbar(sc, ax=ax, label="total parameters")
     ax.set_yscale("log")
+    ax.margins(x=0.2, y=0.1)  # room for the labels right of the outermost points
     ax.set_xlabel("pretraining validation loss")
     ax.set_ylabel("geometric mean of circuit edges")
     ax.legend(fontsize=8)
