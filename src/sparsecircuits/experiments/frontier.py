@@ -153,9 +153,8 @@ def check_values(raw: dict[str, Any], where: str) -> None:
     floor = prune.get("min_raw_accuracy", 0.9)
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
         raise UserError(f"{where}: prune.min_raw_accuracy must be a number in [0, 1], got {floor!r}")
-    k_coef = prune.get("k_coef", 1.0)
-    if isinstance(k_coef, bool) or not isinstance(k_coef, (int, float)) or not 0 < k_coef < math.inf:
-        raise UserError(f"{where}: prune.k_coef must be a positive number, got {k_coef!r}")
+    if "k_coef" in prune and not _positive_number(prune["k_coef"]):
+        raise UserError(f"{where}: prune.k_coef must be a positive number, got {prune['k_coef']!r}")
 
 
 @dataclass
