@@ -1,6 +1,7 @@
 """How a pruned node is ablated: the table of strategies, chosen in one place (PAPER.md 7.1, App. E).
 
-A strategy either freezes a node at a fixed value (its pretraining mean, or zero) or takes the node's value
+A strategy either freezes a node at a fixed value (its mean over pretraining tokens or over the task's
+training prompts, or zero) or takes the node's value
 from a *clean* forward of donor inputs at the same position (resampling): random pretraining windows (the
 pretraining distribution, as App. E asks of causal scrubbing) or other prompts of the task.
 """
@@ -22,12 +23,18 @@ class Ablation:
     name: str
     description: str
     donors: str | None = None  # None: a fixed value per node; else "pretraining" or "task"
+    means: str | None = None  # the fixed value's mean over "pretraining" tokens or the "task"'s; None: zero
 
 
 ABLATIONS: dict[str, Ablation] = {
     a.name: a
     for a in (
-        Ablation("mean", "the node's mean over pretraining tokens (the paper's choice)"),
+        Ablation("mean", "the node's mean over pretraining tokens (the paper's choice)", means="pretraining"),
+        Ablation(
+            "task-mean",
+            "the node's mean over every token of the task prompts the mask trains on (a fixed value, as mean)",
+            means="task",
+        ),
         Ablation("zero", "zero"),
         Ablation(
             "resample",

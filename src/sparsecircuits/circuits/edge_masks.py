@@ -2,7 +2,7 @@
 
 An edge is a nonzero weight w_ij between two circuit nodes (circuits/edges.py). Ablating it replaces its
 contribution w_ij * x_j by w_ij * mu_j, where mu_j is the value the node ablation gives node j (its mean under
-the "mean" ablation, 0 under "zero"): ablating an edge is mean-ablating one input of one weight. With gates g:
+"mean" and "task-mean", 0 under "zero"): ablating an edge is mean-ablating one input of one weight. With gates g:
 
     y = W x + b - sum over edges e=(i, j) of (1 - g_e) * w_ij * (x_j - mu_j)
 

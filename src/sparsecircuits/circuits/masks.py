@@ -70,7 +70,7 @@ class NodeMask(Gates):
     """One gate per node over the given locations, stored flat so ranking and counting are one tensor op.
 
     widths: location hook name -> width, in forward order. means: location -> [width] ablation values
-    (used by "mean" only; the resample ablations take their values from donors, see `hooks`).
+    (used by "mean" and "task-mean" only; the resample ablations take their values from donors, see `hooks`).
     tie_qk: one gate per query/key channel pair (`{l}.attn.q.i` with `{l}.attn.k.i`; PAPER.md 5.1, fn 17):
     tau then has one entry per *unit* (a node, or a tied pair), and ranking and top-k work on units.
     """
@@ -87,8 +87,8 @@ class NodeMask(Gates):
         tie_qk: bool = False,
     ):
         strategy = get_ablation(ablation)
-        if ablation == "mean" and means is None:
-            raise UserError("mean ablation needs mean activations")
+        if strategy.means and means is None:
+            raise UserError(f"the {ablation} ablation needs mean activations")
         locations = list(widths)
         offsets = [0]
         for loc in locations:
@@ -99,7 +99,7 @@ class NodeMask(Gates):
         self.strategy, self.ablation, self.units = strategy, ablation, units
         self.locations, self.widths, self.offsets = locations, [widths[k] for k in locations], offsets
         mu = torch.zeros(self.n_nodes)
-        if ablation == "mean":
+        if strategy.means:
             mu = torch.cat([means[k].float().reshape(-1) for k in self.locations])
         self.register_buffer("mu", mu)
 

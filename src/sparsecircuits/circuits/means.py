@@ -1,9 +1,11 @@
-"""Mean activation of every node over the pretraining distribution, with the exact forward that is pruned."""
+"""Mean activation of every node over the pretraining distribution (or a task's prompts), with the exact forward
+that is pruned."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -12,6 +14,11 @@ from torch import Tensor
 from sparsecircuits.data.shards import iter_eval_batches
 from sparsecircuits.io import atomic_write, user_cache_dir
 from sparsecircuits.model import GPT
+
+if TYPE_CHECKING:
+    from sparsecircuits.circuits.scoring import PromptSet
+
+TASK_MEAN_CHUNK = 64  # prompts per forward; each chunk is padded to its own longest, whatever the set's
 
 
 def model_content_hash(model: GPT) -> str:
@@ -46,6 +53,30 @@ def mean_activations(
         for loc, x in acts.items():
             sums[loc] += x.detach().double().sum(dim=(0, 1))
         count += idx.numel()
+    return {loc: (s / max(count, 1)).float() for loc, s in sums.items()}
+
+
+@torch.no_grad()
+def task_means(model: GPT, prompts: PromptSet) -> dict[str, Tensor]:
+    """Mean over every token of task prompts, padding excluded (positions up to each prompt's `last`), at every
+    node location: the values of the "task-mean" ablation. Returns loc -> [width].
+
+    Both prompts of every pair count alike, so the mean carries no label. Chunks of TASK_MEAN_CHUNK prompts
+    are each padded to their own longest, so the result does not depend on the padding of `prompts`.
+    """
+    locations = model.node_locations()
+    device = prompts.tokens.device
+    sums = {
+        loc: torch.zeros(model.location_width(loc), dtype=torch.float64, device=device) for loc in locations
+    }
+    count = 0
+    for start in range(0, len(prompts), TASK_MEAN_CHUNK):
+        chunk = prompts.subset(torch.arange(start, min(start + TASK_MEAN_CHUNK, len(prompts)), device=device))
+        real = torch.arange(chunk.tokens.shape[1], device=device)[None, :] <= chunk.last[:, None]  # [B, T]
+        acts = model.run_with_cache(chunk.tokens, locations, stop_at=locations[-1])
+        for loc, x in acts.items():
+            sums[loc] += (x.double() * real[..., None]).sum(dim=(0, 1))
+        count += int(real.sum())
     return {loc: (s / max(count, 1)).float() for loc, s in sums.items()}
 
 

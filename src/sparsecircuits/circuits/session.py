@@ -85,6 +85,24 @@ class PruneSession:
         """Tokenised prompts of a task split as a PromptSet on the model's device (task_prompts)."""
         return task_prompts(self.run, task_name, n_pairs, split, seed)
 
+    def ablation_means(self, ablation: str, train) -> dict[str, torch.Tensor]:
+        """The fixed values of `ablation` (ablations.ABLATIONS): the pretraining means, or under "task-mean" the
+        means over `train`, the PromptSet of the pairs the mask trains on. loc -> [width]."""
+        from sparsecircuits.circuits.ablations import get_ablation
+        from sparsecircuits.circuits.means import task_means
+
+        return task_means(self.model, train) if get_ablation(ablation).means == "task" else self.means
+
+    def circuit_means(self, circuit: dict) -> dict[str, torch.Tensor]:
+        """`ablation_means` of a circuit dict (under "task-mean" recomputed on circuit_train_prompts: the same
+        prompts, the same values)."""
+        from sparsecircuits.circuits.ablations import get_ablation
+
+        ablation = circuit.get("ablation", "mean")
+        if get_ablation(ablation).means != "task":
+            return self.means
+        return self.ablation_means(ablation, circuit_train_prompts(self.run, circuit))
+
     def natural_prompts(self, task_name: str, records: list[dict]):
         """Prompts mined from real code (tasks.mine records of one task) as a PromptSet on the model's device.
 
@@ -134,7 +152,7 @@ def prune_one(
     evaluation = session.prompts(task, eval_pairs, "val", cfg.seed)
     result, rows = search(
         session.model,
-        session.means,
+        session.ablation_means(cfg.ablation, train),
         train,
         evaluation,
         cfg,
@@ -189,6 +207,14 @@ def target_sweep(model, result, targets: tuple[float, ...]) -> list[dict]:
     return rows
 
 
+def circuit_train_prompts(run, circuit: dict):
+    """The pairs a circuit's mask trained on (the first `task.n_pairs` of its task's training split, with its
+    seed) as a PromptSet: what the "task-mean" ablation averages over."""
+    hyper = (circuit.get("pruning") or {}).get("hyperparameters") or {}
+    task = circuit["task"]
+    return task_prompts(run, task["name"], int(task.get("n_pairs", 256)), "train", int(hyper.get("seed", 0)))
+
+
 def circuit_gates(circuit: dict, model) -> torch.Tensor:
     """0/1 per node of `model` for a circuit dict's node names, in node-location order: [n_nodes]."""
     from sparsecircuits.circuits.nodes import names_to_nodes
@@ -220,7 +246,8 @@ def validate_circuit(
     from sparsecircuits.circuits.validate import score_natural, validate
 
     gates = circuit_gates(circuit, session.model)
-    edges = circuit_edge_gates(circuit, session.model, session.means, gates)
+    means = session.circuit_means(circuit)
+    edges = circuit_edge_gates(circuit, session.model, means, gates)
     task = circuit["task"]["name"]
     hyper = (circuit.get("pruning") or {}).get("hyperparameters") or {}
     seed = int(hyper.get("seed", 0))
@@ -229,7 +256,7 @@ def validate_circuit(
     calibration = Calibration.from_json(circuit["achieved"].get("calibration"))
     result = validate(
         session.model,
-        session.means,
+        means,
         gates,
         session.prompts(task, n_pairs, "test", seed),
         session.prompts(task, int(circuit["task"].get("eval_pairs", 64)), "val", seed),
@@ -247,7 +274,7 @@ def validate_circuit(
         natural_prompts = session.natural_prompts(task, natural)
         result["natural"] = score_natural(
             session.model,
-            session.means,
+            means,
             gates,
             natural_prompts,
             calibration,
