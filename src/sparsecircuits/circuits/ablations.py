@@ -1,9 +1,9 @@
 """How a pruned node is ablated: the table of strategies, chosen in one place (PAPER.md 7.1, App. E).
 
-A strategy either freezes a node at a fixed value (its mean over pretraining tokens or over the task's
-training prompts, or zero) or takes the node's value
-from a *clean* forward of donor inputs at the same position (resampling): random pretraining windows (the
-pretraining distribution, as App. E asks of causal scrubbing) or other prompts of the task.
+A strategy either freezes a node at a fixed value (its mean over pretraining tokens or over the task's training
+prompts, or zero) or takes the node's value from a *clean* forward of donor inputs at the same position
+(resampling): random pretraining windows (the pretraining distribution, as App. E asks of causal scrubbing) or
+other prompts of the task.
 """
 
 from __future__ import annotations
