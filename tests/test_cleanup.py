@@ -62,6 +62,33 @@ def test_later_passes_spend_one_forward_per_node():
     assert len(calls) == 1 + 7 + 3 + 3 + 1
 
 
+def test_the_clean_up_says_what_keeps_each_node():
+    """Node 0 is held by the loss, node 1 by the raw-accuracy floor alone, node 2 by both; the rest can go."""
+    from sparsecircuits.circuits.commands import score_lines
+    from sparsecircuits.circuits.scoring import Target
+
+    def evaluate(g: torch.Tensor):
+        kept = set(torch.nonzero(g).flatten().tolist())
+        loss = 0.1 + (0 not in kept) + (2 not in kept)
+        return SimpleNamespace(loss=loss, accuracy_raw=1.0 - 0.2 * ((1 not in kept) + (2 not in kept)))
+
+    res = clean_up(evaluate, torch.ones(6), Target(0.15, 0.9), progress=False)
+    assert set(torch.nonzero(res.gates).flatten().tolist()) == {0, 1, 2}
+    assert res.kept_by == {"loss": 1, "raw_accuracy": 1, "both": 1, "last": 0}
+    # a target any removal meets keeps one node, for no reason but that a circuit is never empty
+    assert clean_up(evaluate, torch.ones(3), Target(99.0), progress=False).kept_by["last"] == 1
+    score = {"loss_raw": 0.4, "loss_calibrated": 0.1, "accuracy_raw": 0.9}
+    circuit = {
+        "task": {"name": "t"},
+        "target_loss": 0.15,
+        "achieved": {**score, "full_model": score},
+        "counts": {"nodes": 3, "edges": 2, "stage": "cleanup"},
+        "stages": {"bisection": {"nodes": 6}, "cleanup": {"nodes": 3, "kept_by": res.kept_by}},
+    }
+    text = "\n".join(score_lines(circuit))
+    assert "the loss target 1, the raw-accuracy floor alone 1, both 1" in text
+
+
 def plain_clean_up(evaluate, gates: torch.Tensor, target: float):
     """The clean-up as first written: every pass scores every kept node (the reference for the faster loop)."""
     gates = gates.clone()

@@ -12,6 +12,8 @@ Evaluations are deterministic, so a node whose removal was already scored agains
 `evaluate_many` and `width` > 1, the next `width` nodes a pass will score are scored side by side (model
 replicas on separate cores, circuits/parallel.py); results computed against a circuit that a removal then
 changed are dropped. Either way the removals, the final circuit and the effects are those of the plain loop.
+At the end every kept node has been scored against the final circuit, so the result also says what keeps each:
+the loss target, the raw-accuracy floor alone, or both (`kept_by`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class CleanupResult:
     seconds: float = 0.0
     effects: dict[int, float] = field(default_factory=dict)  # unit -> loss without it, from the final pass
     removed: list[int] = field(default_factory=list)  # the units removed, in order
+    # why each kept unit could not go, counted: its removal misses the "loss", the "raw_accuracy" floor only,
+    # or "both"; "last" is the one unit a circuit keeps when any removal would do
+    kept_by: dict[str, int] = field(default_factory=dict)
 
     @property
     def nodes_after(self) -> int:
@@ -132,7 +137,17 @@ def clean_up(
         order = sorted(kept_units, key=lambda u: (effects[u], u))
         pass_no, tried = pass_no + 1, set()
     effects = {u: scored[u][1].loss for u in kept_units}
-    return CleanupResult(gates, best, before, passes, time.perf_counter() - t0, effects, removed_units)
+    kept_by = dict.fromkeys(("loss", "raw_accuracy", "both", "last"), 0)
+    for u in kept_units:
+        kept_by[_kept_by(scored[u][1], target)] += 1
+    seconds = time.perf_counter() - t0
+    return CleanupResult(gates, best, before, passes, seconds, effects, removed_units, kept_by)
+
+
+def _kept_by(without: Score, target: Target) -> str:
+    """Which part of the target a kept unit's removal (scored as `without`) misses: a key of kept_by."""
+    loss, raw = without.loss > target.loss, without.accuracy_raw < target.min_raw_accuracy
+    return "both" if loss and raw else "loss" if loss else "raw_accuracy" if raw else "last"
 
 
 def fewest(holds: Callable[[int], bool], lo: int, hi: int) -> int:

@@ -60,6 +60,12 @@ def score_lines(c: dict) -> list[str]:
     ]
     if len(sizes) > 1:
         lines.append("  nodes / edges: " + " -> ".join(sizes))
+    kept = (st.get("cleanup") or {}).get("kept_by")
+    if kept:
+        lines.append(
+            f"  clean-up: what keeps each node (tied pairs count once): the loss target {kept['loss']}, "
+            f"the raw-accuracy floor alone {kept['raw_accuracy']}, both {kept['both']}"
+        )
     checks = [
         f"{name} put back {st[name]['held_out']['put_back']} {unit} (held-out loss "
         f"{_fmt(st[name]['held_out']['loss'])}, must reach {_fmt(st[name]['held_out']['floor'])})"

@@ -532,7 +532,7 @@ def _clean_up_stage(
         )
     finally:
         evaluate.rebase(None)  # the edge stage scores the nodes under other hooks
-    record: dict = {"passes": cleaned.passes}
+    record: dict = {"passes": cleaned.passes, "kept_by": cleaned.kept_by}
     cleaned_gates, best = cleaned.gates, cleaned.score
     effects = cleaned.effects if mask.units is None else {}  # a tied unit is not one node
     if held is not None and cleaned.removed:
