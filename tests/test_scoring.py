@@ -154,7 +154,9 @@ def test_validation_reports_raw_necessity_above_chance_and_frozen_calibration(tm
             "loss_calibrated",
             "accuracy_calibrated",
             "calibration",
+            "logit_diff",
         }
+    assert out["sufficiency"]["logit_diff"] == pytest.approx(float(test_diff.double().mean()))
     assert out["random"]["n"] == 2 and "loss_raw" in out["random"] and "accuracy_calibrated" in out["random"]
     assert out["chance"] == pytest.approx(2 * math.log(2)) and out["loss_convention"] == "pair-sum"
     assert out["verdict"] in ("sufficient", "sufficient only after calibration", "not sufficient")
@@ -250,3 +252,30 @@ def test_length_buckets_give_the_logit_differences_of_one_padded_forward():
         with torch.no_grad():
             bucketed = gated_diff(model, mask, gates, prompts, donors)
         assert torch.allclose(bucketed, whole, atol=1e-5), (bucketed - whole).abs().max()
+
+
+def test_the_summary_gives_the_circuits_share_of_the_logit_difference():
+    """A calibration can blow a whisper up to a sufficient loss: the summary says how much of an answer the
+    circuit gives before it (mean raw correct-minus-wrong, against the full model's) and the scale applied."""
+    from sparsecircuits.circuits.commands import score_lines
+
+    cal = {"scale": 334.0, "bias": 759.0, "fitted_on": "val"}
+    own = {"loss_raw": 2.4, "accuracy_raw": 0.5, "loss_calibrated": 0.06, "accuracy_calibrated": 0.99}
+    full = {"loss_raw": 0.01, "accuracy_raw": 1.0, "loss_calibrated": 0.0, "accuracy_calibrated": 1.0}
+    circuit = {
+        "task": {"name": "while_return_true"},
+        "target_loss": 0.15,
+        "achieved": {**own, "full_model": full},
+        "counts": {"nodes": 16, "edges": 13},
+        "validation": {
+            "sufficiency": {**own, "calibration": cal, "logit_diff": 0.032},
+            "full_model": {**full, "logit_diff": 6.64},
+            "verdict": "sufficient only after calibration",
+            "chance": 1.386,
+        },
+    }
+    text = "\n".join(score_lines(circuit))
+    assert (
+        "circuit 0.032, full model 6.640 (0.5 % of it; the calibration scales the circuit's by 334.000)"
+        in text
+    )

@@ -89,6 +89,14 @@ def score_lines(c: dict) -> list[str]:
         lines.append(
             f"  verdict: {v.get('verdict', '-')} (chance {_fmt(v.get('chance'))}; necessity headline is raw)"
         )
+        own, full = v["sufficiency"].get("logit_diff"), v.get("full_model", {}).get("logit_diff")
+        if isinstance(own, float) and isinstance(full, float) and full > 0:
+            share = 100 * own / full
+            lines.append(
+                f"  logit difference (raw, correct - wrong): circuit {own:.3f}, full model {full:.3f} "
+                f"({share:.{1 if abs(share) < 10 else 0}f} % of it; the calibration scales the circuit's by "
+                f"{_fmt(v['sufficiency'].get('calibration', {}).get('scale'))})"
+            )
         nat = v.get("natural")
         if nat:
             lines.append(

@@ -218,6 +218,9 @@ class Score:
     accuracy_calibrated: float
     calibration: Calibration
     convention: str = DEFAULT_CONVENTION
+    # mean raw correct-minus-wrong logit difference: how much of an answer the circuit itself gives, whatever
+    # scale the calibration puts on it
+    logit_diff: float = math.nan
 
     @property
     def loss(self) -> float:
@@ -231,6 +234,7 @@ class Score:
             "loss_calibrated": self.loss_calibrated,
             "accuracy_calibrated": self.accuracy_calibrated,
             "calibration": self.calibration.to_json(),
+            "logit_diff": self.logit_diff,
         }
 
 
@@ -259,4 +263,5 @@ def score(
         accuracy_calibrated=accuracy(cal),
         calibration=calibration,
         convention=convention,
+        logit_diff=float(diff.mean()),
     )

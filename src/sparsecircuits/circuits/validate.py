@@ -63,7 +63,7 @@ class FrozenScorer:
 def _summarise(draws: list[Score]) -> dict:
     """Mean and std of each number over random draws, and the draws themselves."""
     out: dict = {"n": len(draws)}
-    for key in ("loss_raw", "accuracy_raw", "loss_calibrated", "accuracy_calibrated"):
+    for key in ("loss_raw", "accuracy_raw", "loss_calibrated", "accuracy_calibrated", "logit_diff"):
         values = torch.tensor([getattr(s, key) for s in draws], dtype=torch.float64)
         out[key] = float(values.mean())
         out[f"{key}_std"] = float(values.std()) if len(draws) > 1 else 0.0
