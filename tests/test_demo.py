@@ -45,6 +45,7 @@ def test_demo_smoke(tmp_path, two_threads, capsys):
     assert "circuits in 2 worker processes" in capsys.readouterr().err  # the side-by-side path ran
     summary = json.loads((cfg.out / "report.json").read_text())
     assert report.is_file() and "<img src='data:image/png;base64," in report.read_text()
+    assert "sparse logit diff" in report.read_text()  # the circuits' share of the logit difference
     assert summary["tasks_pruned"] == ["single_double_quote", "bracket_counting"]
     assert set(summary["targets"]) == set(summary["tasks_pruned"])
     for kind in ("sparse", "dense"):

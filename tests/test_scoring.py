@@ -257,6 +257,7 @@ def test_length_buckets_give_the_logit_differences_of_one_padded_forward():
 def test_the_summary_gives_the_circuits_share_of_the_logit_difference():
     """A calibration can blow a whisper up to a sufficient loss: the summary says how much of an answer the
     circuit gives before it (mean raw correct-minus-wrong, against the full model's) and the scale applied."""
+    from sparsecircuits.circuits.circuit import circuit_summary
     from sparsecircuits.circuits.commands import score_lines
 
     cal = {"scale": 334.0, "bias": 759.0, "fitted_on": "val"}
@@ -265,7 +266,7 @@ def test_the_summary_gives_the_circuits_share_of_the_logit_difference():
     circuit = {
         "task": {"name": "while_return_true"},
         "target_loss": 0.15,
-        "achieved": {**own, "full_model": full},
+        "achieved": {**own, "loss": 0.06, "full_model": full},
         "counts": {"nodes": 16, "edges": 13},
         "validation": {
             "sufficiency": {**own, "calibration": cal, "logit_diff": 0.032},
@@ -279,3 +280,7 @@ def test_the_summary_gives_the_circuits_share_of_the_logit_difference():
         "circuit 0.032, full model 6.640 (0.5 % of it; the calibration scales the circuit's by 334.000)"
         in text
     )
+    assert circuit_summary(circuit)["logit_share"] == pytest.approx(0.032 / 6.64)  # the demo report's column
+    del circuit["validation"]["sufficiency"]["logit_diff"]  # a file written before it was stored
+    assert circuit_summary(circuit)["logit_share"] is None
+    assert "logit difference" not in "\n".join(score_lines(circuit))

@@ -88,10 +88,12 @@ def make_circuit(
 
 def circuit_summary(c: dict[str, Any]) -> dict[str, Any]:
     """The numbers a summary line shows: sizes, the validation loss that met the target, and the test-split
-    scores (raw and calibrated sufficiency, raw accuracy, raw necessity, natural code, verdict)."""
+    scores (raw and calibrated sufficiency, raw accuracy, raw necessity, the share of the full model's logit
+    difference, natural code, verdict)."""
     v = c.get("validation") or {}
     suff = v.get("sufficiency") or {}
     natural = v.get("natural") or {}
+    own, full = suff.get("logit_diff"), (v.get("full_model") or {}).get("logit_diff")
     return {
         "task": c["task"]["name"],
         "reached": True,
@@ -104,6 +106,10 @@ def circuit_summary(c: dict[str, Any]) -> dict[str, Any]:
         "sufficiency_calibrated": suff.get("loss_calibrated"),
         "accuracy_raw": suff.get("accuracy_raw"),
         "necessity_raw": (v.get("necessity") or {}).get("loss_raw"),
+        # the circuit's raw logit difference as a share of the full model's (files before it was stored: None)
+        "logit_share": own / full
+        if isinstance(own, float) and isinstance(full, float) and full > 0
+        else None,
         "natural_full_model": (natural.get("full_model") or {}).get("loss_raw"),
         "natural_circuit": (natural.get("circuit") or {}).get("loss_calibrated"),
         "verdict": v.get("verdict"),

@@ -160,12 +160,24 @@ def _circuits_section(cfg, runs, tasks, circuits, both, gm, ratio, targets) -> s
         f"<p class='note'>Task losses use the {escape(cfg.loss_convention)} convention (chance "
         f"{chance_loss(cfg.loss_convention):.3f}). Test split: <i>suff</i> is the circuit alone, everything "
         "else mean-ablated, raw and after the logit calibration fitted on validation prompts and frozen; "
-        "<i>acc</i> its raw accuracy; <i>nec</i> the raw loss with only the circuit ablated (the damage done); "
+        "<i>acc</i> its raw accuracy; <i>logit diff</i> its mean raw correct-minus-wrong logit difference as a "
+        "share of the unpruned model's (how much of the answer the circuit gives before any calibration); "
+        "<i>nec</i> the raw loss with only the circuit ablated (the damage done); "
         "<i>natural</i> the circuit's calibrated loss on prompts mined from real code outside the training "
         "corpus (the unpruned model's beside it). A circuit whose raw accuracy is below 0.9 is "
         "<b>sufficient only after calibration</b>.</p>"
     )
-    cols = ("nodes", "edges", "suff raw", "suff cal", "acc raw", "nec raw", "natural (full)", "verdict")
+    cols = (
+        "nodes",
+        "edges",
+        "suff raw",
+        "suff cal",
+        "acc raw",
+        "logit diff",
+        "nec raw",
+        "natural (full)",
+        "verdict",
+    )
     rows = []
     for t in tasks:
         row: list[Any] = [t, f"{targets[t]:g}" + (" (relaxed)" if t in relaxed else "")]
@@ -180,8 +192,9 @@ def _circuits_section(cfg, runs, tasks, circuits, both, gm, ratio, targets) -> s
                 if r["natural_circuit"] is None
                 else f"{r['natural_circuit']:.3g} ({r['natural_full_model']:.3g})"
             )
+            share = "-" if r["logit_share"] is None else f"{100 * r['logit_share']:.0f} %"
             row += [r["nodes"], r["edges"], r["sufficiency_raw"], r["sufficiency_calibrated"], r["accuracy_raw"],
-                    r["necessity_raw"], nat, r["verdict"] or "-"]  # fmt: skip
+                    share, r["necessity_raw"], nat, r["verdict"] or "-"]  # fmt: skip
         rows.append(row)
     out.append(table(["task", "target"] + [f"{k} {m}" for k in runs for m in cols], rows))
     reached = {k: [t for t in tasks if "counts" in circuits[k].get(t, {})] for k in runs}
