@@ -126,7 +126,7 @@ def make_fixture(root: Path) -> dict[str, Path]:
 
 def score(raw: float, acc: float, cal: float) -> dict:
     return {"loss_raw": raw, "accuracy_raw": acc, "loss_calibrated": cal, "accuracy_calibrated": acc,
-            "calibration": {"scale": 1.0, "bias": 0.0, "fitted_on": "val"}}  # fmt: skip
+            "calibration": {"scale": 1.0, "bias": 0.0, "fitted_on": "val"}, "logit_diff": 4.321}  # fmt: skip
 
 
 def circuit_dict(model: GPT, run_dir: Path, task: str) -> dict:

@@ -118,6 +118,8 @@ def test_open_circuit_click_node_and_see_detail(site, page, tmp_path):
     page.locator("button.tab", has_text="Task").click()
     page.wait_for_selector(".pane-task .panel svg.plot")
     assert "sufficiency" in page.locator(".pane-task").inner_text()
+    assert "logit diff" in page.locator(".pane-task").inner_text()
+    assert "4.32" in page.locator(".pane-task .grid-table").first.inner_text()  # the scores' logit_diff
     page.screenshot(path=str(tmp_path / "task.png"), full_page=True)
 
     page.locator("button.tab", has_text="Model").click()
