@@ -10,6 +10,7 @@ from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.circuits.means import task_means
 from sparsecircuits.circuits.prune import Evaluator
 from sparsecircuits.circuits.scoring import Calibration, PromptSet
+from sparsecircuits.circuits.session import ablation_means, circuit_train_prompts
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import GPT, ModelConfig
 from test_viewer import make_fixture
@@ -83,7 +84,12 @@ def test_a_task_mean_circuit_is_validated_with_the_means_it_was_pruned_with(tiny
     )
     assert circuit.data["ablation"] == "task-mean"
     session = sc.api._session(tiny["run"], None, False)
-    means = session.circuit_means(circuit.data)
+    means = ablation_means(
+        session.model,
+        "task-mean",
+        lambda: circuit_train_prompts(session.run, circuit.data),  # what validation averages over
+        lambda: session.means,
+    )
     # the same means as the mask trained with: the pairs it trained on are the training split's first 8
     assert all(
         torch.equal(means[k], v)

@@ -101,18 +101,16 @@ class Circuit:
         mean, task-mean or zero ablation; means default to `mean_activations(run)`, under task-mean to the
         means over the pairs its mask trained on; the resample ablations need donors per batch and are
         refused). Yields the model."""
-        from sparsecircuits.circuits.ablations import get_ablation
         from sparsecircuits.circuits.edge_masks import stored_edge_gates
         from sparsecircuits.circuits.masks import NodeMask
-        from sparsecircuits.circuits.means import task_means
-        from sparsecircuits.circuits.session import circuit_train_prompts
+        from sparsecircuits.circuits.session import ablation_means, circuit_train_prompts
 
         model = run.model
         ablation = self.data.get("ablation", "mean")
-        if means is None and get_ablation(ablation).means == "task":
-            means = task_means(model, circuit_train_prompts(run, self.data))
-        elif means is None and get_ablation(ablation).means:
-            means = mean_activations(run)
+        if means is None:
+            means = ablation_means(
+                model, ablation, lambda: circuit_train_prompts(run, self.data), lambda: mean_activations(run)
+            )
         mask = NodeMask.for_model(model, means, ablation).to(next(model.parameters()).device)
         gates = self.gates(model).to(mask.mu.device)
         with model.hooks(mask.hooks(gates)):  # a resample ablation: UserError, needs donors

@@ -93,7 +93,7 @@ def circuit_summary(c: dict[str, Any]) -> dict[str, Any]:
     v = c.get("validation") or {}
     suff = v.get("sufficiency") or {}
     natural = v.get("natural") or {}
-    own, full = suff.get("logit_diff"), (v.get("full_model") or {}).get("logit_diff")
+    diffs = logit_diffs(v)
     return {
         "task": c["task"]["name"],
         "reached": True,
@@ -107,13 +107,20 @@ def circuit_summary(c: dict[str, Any]) -> dict[str, Any]:
         "accuracy_raw": suff.get("accuracy_raw"),
         "necessity_raw": (v.get("necessity") or {}).get("loss_raw"),
         # the circuit's raw logit difference as a share of the full model's (files before it was stored: None)
-        "logit_share": own / full
-        if isinstance(own, float) and isinstance(full, float) and full > 0
-        else None,
+        "logit_share": None if diffs is None else diffs[0] / diffs[1],
         "natural_full_model": (natural.get("full_model") or {}).get("loss_raw"),
         "natural_circuit": (natural.get("circuit") or {}).get("loss_calibrated"),
         "verdict": v.get("verdict"),
     }
+
+
+def logit_diffs(validation: dict[str, Any]) -> tuple[float, float] | None:
+    """(circuit, full model) mean raw logit differences of a validation record, or None where either is
+    missing (files before they were stored) or the full model's is not positive (no share to give)."""
+    own = (validation.get("sufficiency") or {}).get("logit_diff")
+    full = (validation.get("full_model") or {}).get("logit_diff")
+    ok = isinstance(own, float) and isinstance(full, float) and full > 0
+    return (own, full) if ok else None
 
 
 def geometric_mean(values: list[float]) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from sparsecircuits.circuits.ablations import ABLATIONS
-from sparsecircuits.circuits.circuit import circuit_summary, geometric_mean
+from sparsecircuits.circuits.circuit import circuit_summary, geometric_mean, logit_diffs
 from sparsecircuits.circuits.session import PruneSession, pick_device, prune_one
 from sparsecircuits.cli_options import (
     NON_NEGATIVE,
@@ -89,8 +89,9 @@ def score_lines(c: dict) -> list[str]:
         lines.append(
             f"  verdict: {v.get('verdict', '-')} (chance {_fmt(v.get('chance'))}; necessity headline is raw)"
         )
-        own, full = v["sufficiency"].get("logit_diff"), v.get("full_model", {}).get("logit_diff")
-        if isinstance(own, float) and isinstance(full, float) and full > 0:
+        diffs = logit_diffs(v)
+        if diffs is not None:
+            own, full = diffs
             share = 100 * own / full
             lines.append(
                 f"  logit difference (raw, correct - wrong): circuit {own:.3f}, full model {full:.3f} "

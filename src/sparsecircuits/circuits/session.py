@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import torch
 
 from sparsecircuits.circuits.parallel import default_workers
 from sparsecircuits.errors import UserError
+
+if TYPE_CHECKING:
+    from sparsecircuits.circuits.scoring import PromptSet
 
 
 def pick_device(name: str) -> torch.device:
@@ -85,24 +90,6 @@ class PruneSession:
         """Tokenised prompts of a task split as a PromptSet on the model's device (task_prompts)."""
         return task_prompts(self.run, task_name, n_pairs, split, seed)
 
-    def ablation_means(self, ablation: str, train) -> dict[str, torch.Tensor]:
-        """The fixed values of `ablation` (ablations.ABLATIONS): the pretraining means, or under "task-mean" the
-        means over `train`, the PromptSet of the pairs the mask trains on. loc -> [width]."""
-        from sparsecircuits.circuits.ablations import get_ablation
-        from sparsecircuits.circuits.means import task_means
-
-        return task_means(self.model, train) if get_ablation(ablation).means == "task" else self.means
-
-    def circuit_means(self, circuit: dict) -> dict[str, torch.Tensor]:
-        """`ablation_means` of a circuit dict (under "task-mean" recomputed on circuit_train_prompts: the same
-        prompts, the same values)."""
-        from sparsecircuits.circuits.ablations import get_ablation
-
-        ablation = circuit.get("ablation", "mean")
-        if get_ablation(ablation).means != "task":
-            return self.means
-        return self.ablation_means(ablation, circuit_train_prompts(self.run, circuit))
-
     def natural_prompts(self, task_name: str, records: list[dict]):
         """Prompts mined from real code (tasks.mine records of one task) as a PromptSet on the model's device.
 
@@ -152,7 +139,7 @@ def prune_one(
     evaluation = session.prompts(task, eval_pairs, "val", cfg.seed)
     result, rows = search(
         session.model,
-        session.ablation_means(cfg.ablation, train),
+        ablation_means(session.model, cfg.ablation, lambda: train, lambda: session.means),
         train,
         evaluation,
         cfg,
@@ -207,6 +194,21 @@ def target_sweep(model, result, targets: tuple[float, ...]) -> list[dict]:
     return rows
 
 
+def ablation_means(
+    model, ablation: str, train: Callable[[], PromptSet], pretraining: Callable[[], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor] | None:
+    """The fixed values of `ablation` (ablations.ABLATIONS), loc -> [width]: under "task-mean" the means over
+    train(), the pairs the mask trains on; under "mean" pretraining(); None where no mean is used. The one
+    place an ablation's means are chosen (pruning, validation, Circuit.apply)."""
+    from sparsecircuits.circuits.ablations import get_ablation
+    from sparsecircuits.circuits.means import task_means
+
+    kind = get_ablation(ablation).means
+    if kind == "task":
+        return task_means(model, train())
+    return pretraining() if kind else None
+
+
 def circuit_train_prompts(run, circuit: dict):
     """The pairs a circuit's mask trained on (the first `task.n_pairs` of its task's training split, with its
     seed) as a PromptSet: what the "task-mean" ablation averages over."""
@@ -246,7 +248,12 @@ def validate_circuit(
     from sparsecircuits.circuits.validate import score_natural, validate
 
     gates = circuit_gates(circuit, session.model)
-    means = session.circuit_means(circuit)
+    means = ablation_means(
+        session.model,
+        circuit.get("ablation", "mean"),
+        lambda: circuit_train_prompts(session.run, circuit),
+        lambda: session.means,
+    )
     edges = circuit_edge_gates(circuit, session.model, means, gates)
     task = circuit["task"]["name"]
     hyper = (circuit.get("pruning") or {}).get("hyperparameters") or {}
