@@ -10,7 +10,7 @@ import torch
 
 from sparsecircuits.circuits.masks import HeavisideSTE, NodeMask
 from sparsecircuits.circuits.means import mean_activations, model_content_hash
-from sparsecircuits.circuits.prune import PruneConfig, bisect_nodes, prune
+from sparsecircuits.circuits.prune import PruneConfig, bisect_nodes, prune, removal_effects_of
 from sparsecircuits.circuits.scoring import PromptSet, gated_diff, score
 from sparsecircuits.data.shards import write_tokens
 from sparsecircuits.errors import UserError
@@ -147,12 +147,19 @@ def planted_prompts(n: int, seed: int) -> PromptSet:
     return PromptSet(toks, torch.full((n,), 5), correct, wrong, sign)
 
 
-def test_planted_circuit_is_recovered(tmp_path):
+@pytest.fixture(scope="module")
+def planted_pruned(tmp_path_factory):
+    """The planted model and its pruning result (run once for the tests below)."""
     model = planted_model()
-    write_tokens(tmp_path / "v.bin", np.random.default_rng(0).integers(0, 8, 4000))
-    means = mean_activations(model, tmp_path / "v.bin", n_windows=32, batch_size=8)
+    tokens = tmp_path_factory.mktemp("planted") / "v.bin"
+    write_tokens(tokens, np.random.default_rng(0).integers(0, 8, 4000))
+    means = mean_activations(model, tokens, n_windows=32, batch_size=8)
     cfg = PruneConfig(target_loss=0.15, steps=300, k_coef=1e-3, lr=1e-2, seed=0)
-    res = prune(model, means, planted_prompts(256, 0), planted_prompts(128, 1), cfg, progress=False)
+    return model, prune(model, means, planted_prompts(256, 0), planted_prompts(128, 1), cfg, progress=False)
+
+
+def test_planted_circuit_is_recovered(planted_pruned):
+    model, res = planted_pruned
     kept = {
         loc: torch.nonzero(g).flatten().tolist() for loc, g in res.mask.split(res.gates).items() if g.any()
     }
@@ -173,3 +180,11 @@ def test_unreachable_target_reports_unpruned_loss(tmp_path):
     prompts.tokens[:] = prompts.tokens % 32
     with pytest.raises(UserError, match="unpruned model's task loss is"):
         prune(model, means, prompts, prompts, PruneConfig(target_loss=1e-6, steps=1), progress=False)
+
+
+def test_node_effects_reused_when_the_edge_stage_keeps_every_edge(planted_pruned):
+    """An edge stage that removes nothing changes no forward, so the clean-up's per-node effects are reused;
+    they equal effects measured afresh on the final circuit."""
+    _, res = planted_pruned
+    assert res.edge_gates is not None and bool(res.edge_gates.all()), res.stages
+    assert res.removal_effects and res.removal_effects == removal_effects_of(res.evaluate, res.gates, {})

@@ -482,8 +482,10 @@ def _prune(
         if edge_check:
             stages["edges"]["held_out"] = edge_check
     if effects and int(gates.sum()) <= MAX_EFFECT_NODES:
-        final = evaluate if edge_gates is None else WithClosedEdges(evaluate, edge_mask, edge_gates)
-        known = removal_effects if edge_gates is None else {}  # the clean-up's predate the edge stage
+        # An edge stage that kept every edge installs no hook (EdgeMask.hooks): the clean-up's effects hold.
+        closed = edge_gates is not None and not bool(edge_gates.all())
+        final = WithClosedEdges(evaluate, edge_mask, edge_gates) if closed else evaluate
+        known = {} if closed else removal_effects
         removal_effects = removal_effects_of(final, gates, known)
     else:
         removal_effects = {}

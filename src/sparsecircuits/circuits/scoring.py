@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from sparsecircuits.circuits.folding import folded_circuit
 from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.model import GPT
 from sparsecircuits.tasks.evaluate import DEFAULT_CONVENTION, accuracy
@@ -118,14 +119,15 @@ def gated_diff(
             raise ValueError("a prefix resumes forwards on the prompts it was recorded on, without donors")
         point = prefix.resume(gates)
     parts, order = [], []
-    for i, rows in enumerate(prompts.length_buckets()):
-        chunk = prompts.subset(rows.to(prompts.last.device))
-        T = chunk.tokens.shape[1]
-        values = None if donors is None else {k: v[rows.to(v.device), :T] for k, v in donors.items()}
-        resume = None if point is None else (point, prefix.resid[i][point])
-        with model.hooks(mask.hooks(gates, values)):
-            parts.append(correct_minus_wrong(model, chunk, narrow=donors is None, resume=resume))
-        order.append(rows)
+    with folded_circuit(model, mask, gates, donors):  # a circuit's linears read only its open inputs
+        for i, rows in enumerate(prompts.length_buckets()):
+            chunk = prompts.subset(rows.to(prompts.last.device))
+            T = chunk.tokens.shape[1]
+            values = None if donors is None else {k: v[rows.to(v.device), :T] for k, v in donors.items()}
+            resume = None if point is None else (point, prefix.resid[i][point])
+            with model.hooks(mask.hooks(gates, values)):
+                parts.append(correct_minus_wrong(model, chunk, narrow=donors is None, resume=resume))
+            order.append(rows)
     return torch.cat(parts)[torch.argsort(torch.cat(order)).to(parts[0].device)]
 
 

@@ -1,0 +1,94 @@
+"""Closed inputs folded into the bias (circuits/folding.py): the same scores as the plain products, the
+modules restored afterwards, edge hooks still applied, and no folding where gates are not a circuit."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsecircuits.circuits.edge_masks import EdgeMask
+from sparsecircuits.circuits.folding import FOLDABLE, folded_circuit, is_discrete
+from sparsecircuits.circuits.masks import NodeMask
+from sparsecircuits.circuits.scoring import PromptSet, correct_minus_wrong
+from sparsecircuits.model import GPT, ModelConfig
+
+
+def tiny(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        vocab_size=32, n_layer=2, d_model=16, n_head=2, d_head=8, d_mlp=64, n_ctx=16, pos_emb="concat",
+        d_pos_emb=4, afrac=0.5,
+    )  # fmt: skip
+    model = GPT(cfg).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    return model.requires_grad_(False)
+
+
+def setup(seed: int = 0):
+    model = tiny(seed)
+    widths = {loc: model.location_width(loc) for loc in model.node_locations()}
+    mask = NodeMask(widths, {loc: torch.randn(w) for loc, w in widths.items()})
+    n = 40
+    prompts = PromptSet(
+        torch.randint(0, 32, (n, 16)),
+        torch.randint(1, 16, (n,)),
+        torch.randint(0, 32, (n,)),
+        torch.randint(0, 32, (n,)),
+        torch.tensor([1.0, -1.0] * (n // 2)),
+    )
+    return model, mask, prompts
+
+
+def plain_and_folded(model, mask, gates, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad(), model.hooks(mask.hooks(gates)):
+        plain = correct_minus_wrong(model, prompts)
+        with folded_circuit(model, mask, gates):
+            folded = correct_minus_wrong(model, prompts)
+    return plain, folded
+
+
+def test_folded_circuit_scores_equal_plain_products():
+    model, mask, prompts = setup()
+    for keep in (0.0, 0.1, 0.5, 1.0):  # every input closed, a circuit, half, every input open
+        gates = (torch.rand(mask.n_nodes) < keep).float()
+        plain, folded = plain_and_folded(model, mask, gates, prompts)
+        torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_folding_swaps_the_linears_reading_a_gated_location_and_restores_them():
+    model, mask, _ = setup()
+    gates = torch.zeros(mask.n_nodes)
+    gates[::7] = 1.0
+    linears = [
+        model.get_submodule(f"transformer.h.{layer}.{m.param.removesuffix('.weight')}")
+        for layer in range(model.cfg.n_layer)
+        for m in FOLDABLE
+    ]
+    assert {m.src for m in FOLDABLE} == {"attn.act_in", "mlp.act_in", "mlp.post_act"}
+    with folded_circuit(model, mask, gates):
+        assert all("forward" in vars(linear) for linear in linears)
+    assert not any("forward" in vars(linear) for linear in linears)
+
+
+def test_edge_hooks_act_on_folded_linears():
+    """The edge stage's hooks sit on the same modules: closed edges give the same scores folded or not."""
+    model, mask, prompts = setup(1)
+    gates = (torch.rand(mask.n_nodes) < 0.4).float()
+    edges = EdgeMask(model, mask, gates)
+    edge_gates = (torch.rand(edges.n_edges) < 0.5).float()
+    with edges.hooks(model, edge_gates):
+        plain, folded = plain_and_folded(model, mask, gates, prompts)
+    with torch.no_grad(), model.hooks(mask.hooks(gates)):
+        all_open = correct_minus_wrong(model, prompts)
+    assert not torch.allclose(plain, all_open)  # the closed edges matter here
+    torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_only_discrete_gates_without_gradient_fold():
+    assert is_discrete(torch.tensor([0.0, 1.0, 1.0]))
+    assert not is_discrete(torch.tensor([0.0, 0.5]))
+    assert not is_discrete(torch.tensor([0.0, 1.0], requires_grad=True))
+    model, mask, _ = setup()
+    gates = torch.full((mask.n_nodes,), 0.5)
+    with folded_circuit(model, mask, gates):
+        assert not any("forward" in vars(m) for m in model.modules())
