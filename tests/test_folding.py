@@ -1,5 +1,6 @@
-"""Closed inputs folded into the bias (circuits/folding.py): the same scores as the plain products, the
-modules restored afterwards, edge hooks still applied, and no folding where gates are not a circuit."""
+"""Cheaper forwards of a discrete circuit: closed inputs folded into the bias (circuits/folding.py) give the
+same scores as the plain products, the modules are restored afterwards, edge hooks still apply, nothing is
+folded where gates are not a circuit; a location with every node ablated skips its AbsTopK, same scores."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sparsecircuits.circuits.folding import FOLDABLE, folded_circuit, is_discret
 from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.circuits.scoring import PromptSet, correct_minus_wrong
 from sparsecircuits.model import GPT, ModelConfig
+from sparsecircuits.model.abstopk import abstopk
 
 
 def tiny(seed: int = 0) -> GPT:
@@ -92,3 +94,27 @@ def test_only_discrete_gates_without_gradient_fold():
     gates = torch.full((mask.n_nodes,), 0.5)
     with folded_circuit(model, mask, gates):
         assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_a_location_with_every_node_ablated_skips_its_abstopk(monkeypatch):
+    """The gate hook of a fully ablated location declares its constant; the forward returns it without the
+    AbsTopK. Same scores as running that AbsTopK and the hook (forced by a second, reading hook there)."""
+    import sparsecircuits.model.gpt as gpt
+
+    model, mask, prompts = setup(2)
+    pieces = mask.split(torch.arange(mask.n_nodes))
+    gates = (torch.rand(mask.n_nodes) < 0.5).float()
+    closed = ["0.mlp.post_act", "1.attn.q", "1.attn.resid_delta"]
+    for loc in closed:
+        gates[pieces[loc]] = 0.0
+    calls: list[int] = []
+    monkeypatch.setattr(gpt, "abstopk", lambda x, k: calls.append(x.shape[-1]) or abstopk(x, k))
+    with torch.no_grad(), model.hooks(mask.hooks(gates)):
+        skipped = correct_minus_wrong(model, prompts)
+        n_skipped = len(calls)
+        with model.hooks({loc: lambda x: None for loc in closed}):  # two hooks there: no shortcut
+            full = correct_minus_wrong(model, prompts)
+    assert len(calls) - n_skipped == n_skipped + len(closed)
+    assert torch.equal(skipped, full)
+    trained = torch.full((mask.n_nodes,), 0.0, requires_grad=True)  # gates being learned: never constant
+    assert all(fn.constant is None for fn in mask.hooks(trained).values())

@@ -166,4 +166,6 @@ def _gate_fn(g: Tensor, ablated: Tensor) -> Callable[[Tensor], Tensor]:
         value = ablated[:, : x.shape[1]]
         return gg * x + (1 - gg) * value.to(x.dtype)
 
+    # every node closed for good (no gradient to the gates): the forward may skip what this hook discards
+    fn.constant = ablated if fixed is not None and not g.requires_grad and not bool(g.any()) else None
     return fn

@@ -68,9 +68,15 @@ class _HookScope:
                 x = out
         return x
 
-
-def _sparsify(x: Tensor, k: int | None) -> Tensor:
-    return x if k is None else abstopk(x, k)
+    def node(self, name: str, x: Tensor, k: int | None) -> Tensor:
+        """The value at node location `name`: AbsTopK k of x [..., width], then its hooks. Where the one hook
+        installed there declares a constant output (an attribute `constant` [width], e.g. every node of the
+        location ablated to its mean), that constant broadcast to x's shape, and no AbsTopK."""
+        fns = self.table.get(self.prefix + name, ())
+        constant = getattr(fns[0], "constant", None) if len(fns) == 1 else None
+        if constant is not None:
+            return constant.to(x.dtype).expand(x.shape)
+        return self(name, x if k is None else abstopk(x, k))
 
 
 def at_positions(t: Tensor, at: Tensor) -> Tensor:
@@ -145,15 +151,15 @@ class CausalSelfAttention(nn.Module):
         """x: normalised input [B, T, d_in] -> residual write [B, T, d_model].
 
         at: [B] positions; then only those queries are computed and the write is [B, 1, d_model]."""
-        x = hook("attn.act_in", _sparsify(x, self.topk["act_in"]))
+        x = hook.node("attn.act_in", x, self.topk["act_in"])
         q, k, v = self.c_attn(x).split(self.n_head * self.d_head, dim=-1)
         if at is not None:
             q = at_positions(q, at)  # [B, 1, H * d_head]
-        q = hook("attn.q", _sparsify(q, self.topk["q"]))
-        k = hook("attn.k", _sparsify(k, self.topk["k"]))
-        v = hook("attn.v", _sparsify(v, self.topk["v"]))
+        q = hook.node("attn.q", q, self.topk["q"])
+        k = hook.node("attn.k", k, self.topk["k"])
+        v = hook.node("attn.v", v, self.topk["v"])
         y = self._attend(q, k, v, hook, at)
-        return hook("attn.resid_delta", _sparsify(self.c_proj(y), self.topk["resid_delta"]))
+        return hook.node("attn.resid_delta", self.c_proj(y), self.topk["resid_delta"])
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, hook: _HookScope, at: Tensor | None) -> Tensor:
         """Flat q [B, Tq, H * d_head], k, v [B, T, H * d_head] -> per-head outputs side by side
@@ -194,9 +200,9 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, hook: _HookScope) -> Tensor:
         """x: normalised input [B, T, d_in] -> residual write [B, T, d_model]."""
-        x = hook("mlp.act_in", _sparsify(x, self.topk["act_in"]))
-        h = hook("mlp.post_act", _sparsify(self.act(self.c_fc(x)), self.topk["post_act"]))
-        return hook("mlp.resid_delta", _sparsify(self.c_proj(h), self.topk["resid_delta"]))
+        x = hook.node("mlp.act_in", x, self.topk["act_in"])
+        h = hook.node("mlp.post_act", self.act(self.c_fc(x)), self.topk["post_act"])
+        return hook.node("mlp.resid_delta", self.c_proj(h), self.topk["resid_delta"])
 
 
 class Block(nn.Module):
