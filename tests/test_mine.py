@@ -137,6 +137,26 @@ def test_mine_caps_per_file_and_per_task_and_balances_sides(tree):
     )
 
 
+def test_mining_in_worker_processes_gives_the_same_records_and_counts(tree):
+    """Files parsed and mined in two processes, quotas filled in file order here: the same records and skip
+    counts as one process, with the quotas filled early (stopping part way) or never."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    (tree / "copy_of_b.py").write_bytes((tree / "b.py").read_bytes())  # a duplicate
+    sources = [tree, stdlib / "json", stdlib / "email", stdlib / "logging", stdlib / "asyncio"]
+    common = ["if_equals", "single_double_quote"]
+    seen = []
+    for tasks, quota, per_file in ((common, 4, 1), (None, 1000, 5)):
+        runs = []
+        for workers in (1, 2):
+            stats = CorpusStats()
+            records = mine(sources, tasks, quota, 80, False, per_file=per_file, stats=stats, workers=workers)
+            runs.append((records, stats))
+        assert runs[0][0] and runs[0] == runs[1], (quota, per_file)
+        seen.append(runs[0][1].files_seen)
+    assert seen[0] < seen[1]  # the small quotas stopped part way; the large ones read every file
+    assert runs[0][1].skipped["duplicate"] == 1
+
+
 def test_mine_selects_tasks_and_refuses_unminable_ones(tree):
     got = mine([tree], tasks=["lambda_func"], max_per_task=10, progress=False, per_file=10)
     assert got == [r for r in expected_records() if r["task"] == "lambda_func"]

@@ -40,7 +40,7 @@ class DemoConfig:
     target_loss: float = 0.15
     loss_convention: str = "pair-sum"  # the paper authors': a pair's two prompts summed (tasks/evaluate.py)
     prune_steps: int = 150
-    workers: int = 2  # processes sharing the prunes on a CPU with as many threads (1: all in this process)
+    workers: int = 2  # processes sharing the prunes (on a CPU with as many threads) and the mining (1: none)
     prune_batch_pairs: int = 32
     relaxed_cap: float = 1.2  # a task neither model learns below this (pair-sum) is not pruned
     natural: bool = True  # mine natural prompts from the installed third-party packages and score on them
@@ -222,7 +222,11 @@ def mine_natural(cfg: DemoConfig, tasks: list[str]) -> dict[str, list[dict]]:
         sources = list(cfg.natural_sources) or default_natural_sources()
         with stage(cfg, f"mining natural prompts from {len(sources)} third-party package folder(s)"):
             records = mine(
-                sources, wanted, max_per_task=cfg.natural_per_task, max_files=cfg.natural_max_files
+                sources,
+                wanted,
+                max_per_task=cfg.natural_per_task,
+                max_files=cfg.natural_max_files,
+                workers=cfg.workers,
             )
             write_mined(path, records)
     return {t: r for t, r in read_mined(path).items() if t in wanted}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -77,9 +78,16 @@ def show(name: str, n: int, split: str, seed: int) -> None:
 @click.option(
     "--max-files", default=MINE_MAX_FILES, show_default=True, type=count(1), help="Files read at most."
 )
+@click.option(
+    "--workers",
+    type=count(1, 64),
+    default=None,
+    help="Processes parsing files side by side [default: the CPU count, at most 4]. Results do not depend "
+    "on it.",
+)
 @force_option("Overwrite an existing --out file.")
 @quiet_option()
-def mine_cmd(sources, out, task_names, max_per_task, max_files, force, quiet) -> None:
+def mine_cmd(sources, out, task_names, max_per_task, max_files, workers, force, quiet) -> None:
     """Find natural instances of the tasks in real Python files (see docs/tasks.md)."""
     from collections import Counter
 
@@ -91,7 +99,9 @@ def mine_cmd(sources, out, task_names, max_per_task, max_files, force, quiet) ->
     check_output_file(out, force, "--out file")
     sources = list(sources) or mine.default_natural_sources()
     stats = CorpusStats()
-    records = mine.mine(sources, list(task_names) or None, max_per_task, max_files, not quiet, stats=stats)
+    workers = workers or min(4, os.cpu_count() or 1)
+    names = list(task_names) or None
+    records = mine.mine(sources, names, max_per_task, max_files, not quiet, stats=stats, workers=workers)
     if not records:
         raise UserError(f"no natural instances found in {', '.join(map(str, sources))}")
     mine.write_mined(out, records)

@@ -383,30 +383,6 @@ def _files(sources: list[Path], max_files: int | None) -> list[tuple[Path, str]]
     return found if max_files is None else found[:max_files]
 
 
-def _load(path: Path, rel: str, stats: CorpusStats, seen: set[bytes]) -> Source | None:
-    """The parsed file, or None (reason recorded in `stats`) if unreadable, undecodable or unparseable."""
-    stats.files_seen += 1
-    data = read_limited(path, rel, stats, MAX_FILE_BYTES)
-    if data is None or not first_copy(data, rel, stats, seen):
-        return None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        stats.skip("undecodable", rel)
-        return None
-    if "\r" in text:  # the candidates end lines with a bare "\n"
-        stats.skip("carriage_returns", rel)
-        return None
-    try:
-        source = Source(text)
-    except (SyntaxError, ValueError, RecursionError, tokenize.TokenError):
-        stats.skip("unparseable", rel)
-        return None
-    stats.files_kept += 1
-    stats.bytes_kept += len(data)
-    return source
-
-
 # ---- instances ------------------------------------------------------------------------------------------
 
 
@@ -429,29 +405,27 @@ def _ends_on_boundary(src: Source, start: int, hit: Hit) -> bool:
 
 
 def _file_records(
-    src: Source, rel: str, task: str, quota: dict[int, int], per_file: int, max_prompt_chars: int
-) -> list[dict]:
-    """At most `per_file` records per side of `task` from one file (fewer when its quota is nearly full)."""
+    src: Source, rel: str, task: str, per_file: int, max_prompt_chars: int
+) -> dict[int, list[dict]]:
+    """Side (0: the task's first candidate correct, 1: the other) -> at most `per_file` records of `task` from
+    one file, in a fixed hash order of their positions (a quota takes the first ones)."""
     cands = get_task(task).candidates
     pieces = src.piece_starts()
     by_side: dict[int, list[Hit]] = {}
     for hit in MINERS[task](src):
         if hit.correct in cands and hit.wrong in cands and pieces.get(hit.offset) == hit.correct:
             by_side.setdefault(int(hit.correct != cands[0]), []).append(hit)
-    out = []
+    out: dict[int, list[dict]] = {}
     for side, hits in sorted(by_side.items()):
         hits.sort(key=lambda h: _hash(f"{rel}/{task}/{h.offset}"))
-        taken = 0
+        taken = out[side] = []
         for hit in hits:
-            if taken >= min(per_file, quota[side]):
+            if len(taken) >= per_file:
                 break
             start = _prompt_start(src, hit.offset, max_prompt_chars)
             prompt = src.text[start : hit.offset]
             if prompt and _ends_on_boundary(src, start, hit):
-                line = src.line_of(hit.offset)
-                out.append(_record(task, prompt, hit, f"{rel}:{line}", start))
-                taken += 1
-        quota[side] -= taken
+                taken.append(_record(task, prompt, hit, f"{rel}:{src.line_of(hit.offset)}", start))
     return out
 
 
@@ -480,12 +454,15 @@ def mine(
     per_file: int = DEFAULT_PER_FILE,
     max_prompt_chars: int = MAX_PROMPT_CHARS,
     stats: CorpusStats | None = None,
+    workers: int = 1,
 ) -> list[dict]:
     """Natural instances of `tasks` (default: every minable task) in the .py files under `sources`.
 
     Returns records {"task", "prompt", "correct", "wrong", "source": "rel/path.py:LINE", "prompt_start"},
     grouped by task (in the order asked, default the paper's), each group sorted by source file and position.
     Skipped files are counted by reason in `stats` when given. Stops early once every quota is full.
+    workers: processes parsing and mining files side by side (a file's records do not depend on the others');
+    the quotas are filled in file order here, so the result and `stats` are the same for any count.
     """
     if max_per_task < 1 or per_file < 1 or (max_files is not None and max_files < 1):
         raise UserError("--max-per-task, --max-files and the per-file cap must be at least 1")
@@ -493,19 +470,99 @@ def mine(
     stats = stats if stats is not None else CorpusStats()
     quotas = {name: {0: (max_per_task + 1) // 2, 1: max_per_task // 2} for name in names}
     found: dict[str, list[tuple[str, int, dict]]] = {name: [] for name in names}
-    seen: set[bytes] = set()
     files = _files(list(sources), max_files)
-    for path, rel in tqdm(files, desc="mining", unit="file", file=sys.stderr, disable=not progress):
-        open_tasks = [n for n in names if any(quotas[n].values())]
-        if not open_tasks:
+    mined = _mined_files(files, names, per_file, max_prompt_chars, workers)
+    for rel, nbytes, skipped, by_task in tqdm(
+        mined, total=len(files), desc="mining", unit="file", file=sys.stderr, disable=not progress
+    ):
+        if not any(any(q.values()) for q in quotas.values()):
             break
-        src = _load(path, rel, stats, seen)
-        if src is None:
+        stats.files_seen += 1
+        if skipped is not None:
+            stats.skip(skipped, rel)
             continue
-        for name in open_tasks:
-            for rec in _file_records(src, rel, name, quotas[name], per_file, max_prompt_chars):
-                found[name].append((rel, rec["prompt_start"] + len(rec["prompt"]), rec))
+        stats.files_kept += 1
+        stats.bytes_kept += nbytes
+        for name in names:
+            for side, recs in by_task[name].items():
+                taken = recs[: quotas[name][side]]  # the first hits, as if mined with the quota left
+                quotas[name][side] -= len(taken)
+                found[name].extend((rel, r["prompt_start"] + len(r["prompt"]), r) for r in taken)
     return [rec for name in names for _, _, rec in sorted(found[name], key=lambda f: f[:2])]
+
+
+MinedFile = tuple[str, int, "str | None", dict[str, dict[int, list[dict]]]]
+MINE_CHUNK = 16  # files per job sent to a mining worker process
+
+
+def _mined_files(
+    files: list[tuple[Path, str]], names: list[str], per_file: int, max_prompt_chars: int, workers: int
+) -> Iterator[MinedFile]:
+    """(rel, bytes, skip reason or None, task -> side -> its first `per_file` records) per file, in order.
+
+    Reading and the duplicate check run here, in file order; parsing and mining in `workers` processes, at
+    most a few chunks of files ahead of the consumer, so that stopping early wastes little."""
+    seen: set[bytes] = set()
+
+    def read(path: Path, rel: str) -> tuple[bytes | None, str]:
+        why = CorpusStats()  # catches the one skip reason, if any
+        data = read_limited(path, rel, why, MAX_FILE_BYTES)
+        if data is not None and not first_copy(data, rel, why, seen):
+            data = None
+        return data, next(iter(why.skipped), "")
+
+    args = (names, per_file, max_prompt_chars)
+    if workers <= 1:
+        for path, rel in files:
+            data, why = read(path, rel)
+            yield (rel, 0, why, {}) if data is None else (rel, *_mine_file(data, rel, *args))
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    batches = [files[i : i + MINE_CHUNK] for i in range(0, len(files), MINE_CHUNK)]
+    ahead = 4 * workers
+    ctx = multiprocessing.get_context("spawn")  # a fork would inherit torch's threads
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        pending: deque = deque()
+
+        def submit(batch: list[tuple[Path, str]]) -> None:
+            items = [(rel, *read(path, rel)) for path, rel in batch]
+            todo = [(rel, data) for rel, data, _ in items if data is not None]
+            pending.append((items, pool.submit(_mine_chunk, todo, *args)))
+
+        for batch in batches[:ahead]:
+            submit(batch)
+        for i in range(len(batches)):
+            items, future = pending.popleft()
+            if i + ahead < len(batches):
+                submit(batches[i + ahead])
+            results = iter(future.result())
+            for rel, data, why in items:
+                yield (rel, 0, why, {}) if data is None else (rel, *next(results))
+
+
+def _mine_chunk(todo: list[tuple[str, bytes]], *args) -> list[tuple[int, str | None, dict]]:
+    """`_mine_file` of each (rel, bytes), in a worker process."""
+    return [_mine_file(data, rel, *args) for rel, data in todo]
+
+
+def _mine_file(
+    data: bytes, rel: str, names: list[str], per_file: int, max_prompt_chars: int
+) -> tuple[int, str | None, dict[str, dict[int, list[dict]]]]:
+    """(bytes, skip reason or None, task -> side -> up to `per_file` records) of one file's contents."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return len(data), "undecodable", {}
+    if "\r" in text:  # the candidates end lines with a bare "\n"
+        return len(data), "carriage_returns", {}
+    try:
+        src = Source(text)
+    except (SyntaxError, ValueError, RecursionError, tokenize.TokenError):
+        return len(data), "unparseable", {}
+    return len(data), None, {n: _file_records(src, rel, n, per_file, max_prompt_chars) for n in names}
 
 
 def group_by_task(records: Iterable[dict]) -> dict[str, list[dict]]:
