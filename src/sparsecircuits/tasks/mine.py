@@ -471,11 +471,15 @@ def mine(
     quotas = {name: {0: (max_per_task + 1) // 2, 1: max_per_task // 2} for name in names}
     found: dict[str, list[tuple[str, int, dict]]] = {name: [] for name in names}
     files = _files(list(sources), max_files)
-    mined = _mined_files(files, names, per_file, max_prompt_chars, workers)
+
+    def open_tasks() -> list[str]:  # tasks with a quota left: full ones need no mining
+        return [n for n in names if any(quotas[n].values())]
+
+    mined = _mined_files(files, open_tasks, per_file, max_prompt_chars, workers)
     for rel, nbytes, skipped, by_task in tqdm(
         mined, total=len(files), desc="mining", unit="file", file=sys.stderr, disable=not progress
     ):
-        if not any(any(q.values()) for q in quotas.values()):
+        if not open_tasks():
             break
         stats.files_seen += 1
         if skipped is not None:
@@ -483,8 +487,8 @@ def mine(
             continue
         stats.files_kept += 1
         stats.bytes_kept += nbytes
-        for name in names:
-            for side, recs in by_task[name].items():
+        for name, sides in by_task.items():
+            for side, recs in sides.items():
                 taken = recs[: quotas[name][side]]  # the first hits, as if mined with the quota left
                 quotas[name][side] -= len(taken)
                 found[name].extend((rel, r["prompt_start"] + len(r["prompt"]), r) for r in taken)
@@ -496,9 +500,14 @@ MINE_CHUNK = 16  # files per job sent to a mining worker process
 
 
 def _mined_files(
-    files: list[tuple[Path, str]], names: list[str], per_file: int, max_prompt_chars: int, workers: int
+    files: list[tuple[Path, str]],
+    open_tasks: Callable[[], list[str]],
+    per_file: int,
+    max_prompt_chars: int,
+    workers: int,
 ) -> Iterator[MinedFile]:
-    """(rel, bytes, skip reason or None, task -> side -> its first `per_file` records) per file, in order.
+    """(rel, bytes, skip reason or None, task -> side -> its first `per_file` records) per file, in order,
+    for the tasks `open_tasks()` names when the file is read (a task it leaves out takes nothing more).
 
     Reading and the duplicate check run here, in file order; parsing and mining in `workers` processes, at
     most a few chunks of files ahead of the consumer, so that stopping early wastes little."""
@@ -511,10 +520,10 @@ def _mined_files(
             data = None
         return data, next(iter(why.skipped), "")
 
-    args = (names, per_file, max_prompt_chars)
     if workers <= 1:
         for path, rel in files:
             data, why = read(path, rel)
+            args = (open_tasks(), per_file, max_prompt_chars)
             yield (rel, 0, why, {}) if data is None else (rel, *_mine_file(data, rel, *args))
         return
     import multiprocessing
@@ -530,6 +539,7 @@ def _mined_files(
         def submit(batch: list[tuple[Path, str]]) -> None:
             items = [(rel, *read(path, rel)) for path, rel in batch]
             todo = [(rel, data) for rel, data, _ in items if data is not None]
+            args = (open_tasks(), per_file, max_prompt_chars)
             pending.append((items, pool.submit(_mine_chunk, todo, *args)))
 
         for batch in batches[:ahead]:
