@@ -43,8 +43,8 @@ def folded_inputs(model: nn.Module, locations: dict[str, tuple[Tensor, Tensor]])
     try:
         for layer in range(model.cfg.n_layer):
             for matrix in FOLDABLE:
-                g, mu = locations[f"{layer}.{matrix.src}"]
-                if bool(g.all()):
+                g, mu = locations.get(f"{layer}.{matrix.src}", (None, None))
+                if g is None or bool(g.all()):
                     continue
                 linear = model.get_submodule(f"transformer.h.{layer}.{matrix.param.removesuffix('.weight')}")
                 linear.forward = _folded_forward(linear, g, mu)

@@ -13,7 +13,8 @@ Per layer l the forward visits these hook points, in order:
     {l}.mlp.resid_delta    c_proj -> AbsTopK, then added to the residual       [B, T, d_model]
 
 then `final_resid` (before ln_f, [B, T, d_model]) and `logits` ([B, T, vocab], float32). Each hook
-sees the value after AbsTopK, so masks and mean ablation act on node values. Flat q/k/v index is
+sees the value after AbsTopK, so masks and mean ablation act on node values (a location whose one hook
+declares a constant, every node ablated, skips its AbsTopK: `_HookScope.node`). Flat q/k/v index is
 head * d_head + channel. The hook names, their order and widths are the table in model/locations.py
 (a test checks it against the hooks this forward fires); `GPT.run_with_cache` reads them.
 
