@@ -226,7 +226,7 @@ def mine_natural(cfg: DemoConfig, tasks: list[str]) -> dict[str, list[dict]]:
                 wanted,
                 max_per_task=cfg.natural_per_task,
                 max_files=cfg.natural_max_files,
-                workers=cfg.workers,
+                workers=min(cfg.workers, torch.get_num_threads()),  # as the prunes: no more than the CPU has
             )
             write_mined(path, records)
     return {t: r for t, r in read_mined(path).items() if t in wanted}
