@@ -8,37 +8,15 @@ import torch
 
 from sparsecircuits.circuits.edge_masks import EdgeMask
 from sparsecircuits.circuits.folding import FOLDABLE, folded_circuit, is_discrete
-from sparsecircuits.circuits.masks import NodeMask
-from sparsecircuits.circuits.scoring import PromptSet, correct_minus_wrong
-from sparsecircuits.model import GPT, ModelConfig
+from sparsecircuits.circuits.scoring import correct_minus_wrong
 from sparsecircuits.model.abstopk import abstopk
-
-
-def tiny(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        vocab_size=32, n_layer=2, d_model=16, n_head=2, d_head=8, d_mlp=64, n_ctx=16, pos_emb="concat",
-        d_pos_emb=4, afrac=0.5,
-    )  # fmt: skip
-    model = GPT(cfg).eval()
-    for p in model.parameters():
-        p.data.normal_(0, 0.3)
-    return model.requires_grad_(False)
+from test_prefix import mean_mask, random_prompts, tiny
 
 
 def setup(seed: int = 0):
-    model = tiny(seed)
-    widths = {loc: model.location_width(loc) for loc in model.node_locations()}
-    mask = NodeMask(widths, {loc: torch.randn(w) for loc, w in widths.items()})
-    n = 40
-    prompts = PromptSet(
-        torch.randint(0, 32, (n, 16)),
-        torch.randint(1, 16, (n,)),
-        torch.randint(0, 32, (n,)),
-        torch.randint(0, 32, (n,)),
-        torch.tensor([1.0, -1.0] * (n // 2)),
-    )
-    return model, mask, prompts
+    """A tiny two-layer model with concatenated positions, a mean mask with random means, 40 prompts."""
+    model = tiny(seed, n_layer=2, pos_emb="concat", d_pos_emb=4, afrac=0.5)
+    return model, mean_mask(model), random_prompts(40)
 
 
 def plain_and_folded(model, mask, gates, prompts) -> tuple[torch.Tensor, torch.Tensor]:
