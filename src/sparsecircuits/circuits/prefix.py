@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparsecircuits.circuits.folding import folded_circuit
+from sparsecircuits.circuits.folding import circuit_linears
 from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.model import GPT
 
@@ -87,7 +87,7 @@ def record_prefix(
             resume = None if start is None else (start, seen[start])
             readers = {p: functools.partial(seen.__setitem__, p) for p in later}
             # readers first: the arriving value; the circuit's linears read only its open inputs, as in scores
-            with model.hooks(readers), model.hooks(mask.hooks(gates)), folded_circuit(model, mask, gates):
+            with model.hooks(readers), model.hooks(mask.hooks(gates)), circuit_linears(model, mask, gates):
                 model.run_with_cache(chunk.tokens, [], stop_at=later[-1], resume=resume)
         resid.append(seen)
     return Prefix(gates.detach().clone(), prompts, points, node_point, resid)

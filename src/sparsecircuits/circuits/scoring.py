@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from sparsecircuits.circuits.folding import folded_circuit
+from sparsecircuits.circuits.folding import circuit_linears
 from sparsecircuits.circuits.masks import NodeMask
 from sparsecircuits.model import GPT
 from sparsecircuits.tasks.evaluate import DEFAULT_CONVENTION, accuracy
@@ -119,7 +119,7 @@ def gated_diff(
             raise ValueError("a prefix resumes forwards on the prompts it was recorded on, without donors")
         point = prefix.resume(gates)
     parts, order = [], []
-    with folded_circuit(model, mask, gates, donors):  # a circuit's linears read only its open inputs
+    with circuit_linears(model, mask, gates, donors):  # a circuit's linears read only its open inputs
         for i, rows in enumerate(prompts.length_buckets()):
             chunk = prompts.subset(rows.to(prompts.last.device))
             T = chunk.tokens.shape[1]
