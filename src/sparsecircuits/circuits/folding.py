@@ -156,5 +156,6 @@ def circuit_linears(model: nn.Module, mask, gates: Tensor, donors: dict | None =
     if donors is None and is_discrete(g):
         pieces, mus = mask.split(g.to(mask.mu.device)), mask.split(mask.mu)
         folded = _folded_forwards(model, {loc: (p, mus[loc]) for loc, p in pieces.items()}, trained)
+        # while gates train, only the frozen linears fold (the folded backward gives the weights no gradient)
         forwards |= {m: f for m, f in folded.items() if not trained or m in forwards}
     return swapped_forwards(forwards)
