@@ -119,7 +119,7 @@ def gated_diff(
             raise ValueError("a prefix resumes forwards on the prompts it was recorded on, without donors")
         point = prefix.resume(gates)
     parts, order = [], []
-    with circuit_linears(model, mask, gates, donors):  # linears read only the open inputs (circuits/folding.py)
+    with circuit_linears(model, mask, gates, donors):  # linears on the open inputs (circuits/folding.py)
         for i, rows in enumerate(prompts.length_buckets()):
             chunk = prompts.subset(rows.to(prompts.last.device))
             T = chunk.tokens.shape[1]
