@@ -188,3 +188,17 @@ def test_node_effects_reused_when_the_edge_stage_keeps_every_edge(planted_pruned
     _, res = planted_pruned
     assert res.edge_gates is not None and bool(res.edge_gates.all()), res.stages
     assert res.removal_effects and res.removal_effects == removal_effects_of(res.evaluate, res.gates, {})
+
+
+def test_finishing_from_trained_gates_trains_nothing_and_gives_the_same_circuit(planted_pruned, tmp_path):
+    """prune(trained=mask) (the search finishing an earlier trial) starts the bisection, clean-up and edge
+    stage from that mask's ranking: the same circuit as the run that trained it, no mask-training history."""
+    model, res = planted_pruned
+    tau = res.mask.tau.detach().clone()
+    cfg = PruneConfig(target_loss=0.15, steps=300, k_coef=1e-3, lr=1e-2, seed=0)
+    again = prune(model, None, planted_prompts(256, 0), planted_prompts(128, 1), cfg, False, trained=res.mask)
+    assert torch.equal(res.mask.tau, tau)  # not trained further
+    assert torch.equal(again.gates, res.gates) and again.k == res.k
+    assert again.stages["bisection"]["nodes"] == res.stages["bisection"]["nodes"]
+    node_steps = [[r for r in x.history if "stage" not in r] for x in (res, again)]  # not the edge stage's
+    assert node_steps[0] and node_steps[1] == []

@@ -14,13 +14,25 @@ def fake_prune(calls: list, held: list | None = None):
     `held` collects the held-out prompts each call got."""
 
     def prune(
-        model, means, train, evaluation, cfg, progress, pretraining, workers=1, effects=True, held_out=None
+        model,
+        means,
+        train,
+        evaluation,
+        cfg,
+        progress,
+        pretraining,
+        workers=1,
+        effects=True,
+        held_out=None,
+        trained=None,
     ):
         calls.append(cfg)
         if held is not None:
             held.append(held_out)
         k = int(1000 / (1 + 1e4 * cfg.k_coef) / math.sqrt(cfg.steps))
-        return SimpleNamespace(k=k, score=SimpleNamespace(loss=0.1), seconds=0.0)
+        return SimpleNamespace(
+            k=k, score=SimpleNamespace(loss=0.1), seconds=0.0, stages={"bisection": {"nodes": k}}, mask=None
+        )
 
     return prune
 
@@ -71,3 +83,73 @@ def test_no_rung_is_shorter_than_the_floor(monkeypatch):
     best, rows = search_mod.search(None, None, None, None, PruneConfig(steps=100), budget=4, progress=False)
     assert [r["steps"] for r in rows] == [100] * 4 and all(c.cleanup for c in calls)
     assert best.k == min(r["k"] for r in rows)
+
+
+def test_a_shorter_trial_that_bisected_smaller_is_finished_and_can_win(monkeypatch):
+    """At a strong penalty more steps can close every gate and lose the ranking: then the short rung's best
+    trial goes through the final stages from its own trained gates, and the smaller finished circuit wins."""
+    calls: list = []
+    finished_from: list = []
+
+    def fake(
+        model,
+        means,
+        train,
+        evaluation,
+        cfg,
+        progress=True,
+        pretraining=None,
+        workers=1,
+        effects=True,
+        held_out=None,
+        trained=None,
+    ):
+        calls.append(cfg)
+        if trained is not None:  # finishing: the clean-up takes the bisection's 20 nodes to 12
+            finished_from.append(trained)
+            return SimpleNamespace(
+                k=12,
+                score=SimpleNamespace(loss=0.12),
+                seconds=0.0,
+                stages={"bisection": {"nodes": 20}},
+                mask=trained,
+                history=[],
+            )
+        strong = cfg.k_coef > 0.03
+        k = (3000 if cfg.steps > 100 else 20) if strong else 60  # strong and long: every gate closed
+        return SimpleNamespace(
+            k=k,
+            score=SimpleNamespace(loss=0.1),
+            seconds=0.0,
+            stages={"bisection": {"nodes": k}},
+            mask=("gates", cfg.k_coef, cfg.steps),
+            history=[{"step": 0}],
+        )
+
+    monkeypatch.setattr(search_mod, "prune", fake)
+    logs: list[str] = []
+    best, rows = search_mod.search(
+        None,
+        None,
+        None,
+        None,
+        PruneConfig(steps=200),
+        budget=8,
+        progress=False,
+        log=logs.append,
+        held_out="HELD",
+    )
+    assert [r["steps"] for r in rows[:9]] == [100] * 8 + [200]
+    assert any(r["k_coef"] > 0.03 for r in rows[:8]) and rows[8]["k"] == 3000  # the long run lost its ranking
+    (gates,) = finished_from  # one finishing run, from that setting's own 100-step gates
+    assert gates[1] > 0.03 and gates[2] == 100
+    assert calls[-1].steps == 100 and calls[-1].cleanup and calls[-1].edges
+    assert rows[-1]["finished"] and rows[-1]["k"] == 12 and best.k == 12 and best.history == [{"step": 0}]
+    assert any("finishing" in line for line in logs)
+
+
+def test_no_finishing_when_the_final_run_bisected_smallest(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(search_mod, "prune", fake_prune(calls))
+    best, rows = search_mod.search(None, None, None, None, PruneConfig(steps=160), budget=8, progress=False)
+    assert len(rows) == 9 and not any(r.get("finished") for r in rows)  # more steps gave fewer nodes

@@ -400,6 +400,7 @@ def prune(
     workers: int = 1,
     effects: bool = True,
     held_out: PromptSet | None = None,
+    trained: NodeMask | None = None,
 ) -> PruneResult:
     """Learn node gates for one task and bisect to the target loss. `model` is left unchanged.
 
@@ -408,28 +409,45 @@ def prune(
     pretraining: a token file (the dataset's val.bin), needed by the "resample" ablation's donors.
     workers: threads that score candidate circuits side by side (circuits/parallel.py); the result does not
     depend on it. effects: measure each node's removal effect on the final circuit (one forward per node the
-    clean-up did not already score against it).
+    clean-up did not already score against it). trained: gates already trained on these prompts under the
+    same ablation (an earlier trial's `PruneResult.mask`); then no training, the stages start from its ranking.
     """
     cfg.validate()
     model.eval()
     model.requires_grad_(False)
     with Replicas(model, workers) as pool:
-        return _prune(model, means, train, evaluation, cfg, progress, pretraining, pool, effects, held_out)
+        return _prune(
+            model, means, train, evaluation, cfg, progress, pretraining, pool, effects, held_out, trained
+        )
 
 
 def _prune(
-    model, means, train, evaluation, cfg, progress, pretraining, pool: Replicas, effects: bool, held_out
+    model,
+    means,
+    train,
+    evaluation,
+    cfg,
+    progress,
+    pretraining,
+    pool: Replicas,
+    effects: bool,
+    held_out,
+    trained,
 ) -> PruneResult:
     t0 = time.perf_counter()
-    mask = NodeMask.for_model(
-        model,
-        means,
-        cfg.ablation,
-        cfg.init_bias,
-        cfg.init_scale,
-        cfg.temp,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        tie_qk=cfg.tie_qk,
+    mask = (
+        trained
+        if trained is not None
+        else NodeMask.for_model(
+            model,
+            means,
+            cfg.ablation,
+            cfg.init_bias,
+            cfg.init_scale,
+            cfg.temp,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            tie_qk=cfg.tie_qk,
+        )
     )
     donors = make_donor_source(model, cfg.ablation, pretraining, cfg.seed)
     evaluate = Evaluator(model, mask, evaluation, cfg.calibrate, cfg.loss_convention, donors, pool=pool)
@@ -447,7 +465,7 @@ def _prune(
         )
     # a circuit need not answer better than the model it came from
     target = Target(cfg.target_loss, min(cfg.min_raw_accuracy, full.accuracy_raw))
-    history = train_mask(model, mask, train, cfg, progress, donors, pool=pool)
+    history = [] if trained is not None else train_mask(model, mask, train, cfg, progress, donors, pool=pool)
     k, best, trace = bisect_nodes(evaluate, mask, target)
     gates = bisected = mask.top_k_gates(k)
     if not math.isfinite(best.loss):
