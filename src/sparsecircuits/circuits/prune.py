@@ -435,20 +435,7 @@ def _prune(
     trained,
 ) -> PruneResult:
     t0 = time.perf_counter()
-    mask = (
-        trained
-        if trained is not None
-        else NodeMask.for_model(
-            model,
-            means,
-            cfg.ablation,
-            cfg.init_bias,
-            cfg.init_scale,
-            cfg.temp,
-            generator=torch.Generator().manual_seed(cfg.seed),
-            tie_qk=cfg.tie_qk,
-        )
-    )
+    mask = trained if trained is not None else _new_mask(model, means, cfg)
     donors = make_donor_source(model, cfg.ablation, pretraining, cfg.seed)
     evaluate = Evaluator(model, mask, evaluation, cfg.calibrate, cfg.loss_convention, donors, pool=pool)
     held = None
@@ -524,6 +511,20 @@ def _prune(
         removal_effects,
         edge_mask,
         edge_gates,
+    )
+
+
+def _new_mask(model: GPT, means, cfg: PruneConfig) -> NodeMask:
+    """Untrained node gates for `model`, every one open (tau ~ N(init_bias, init_scale^2))."""
+    return NodeMask.for_model(
+        model,
+        means,
+        cfg.ablation,
+        cfg.init_bias,
+        cfg.init_scale,
+        cfg.temp,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        tie_qk=cfg.tie_qk,
     )
 
 
