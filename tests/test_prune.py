@@ -190,7 +190,7 @@ def test_node_effects_reused_when_the_edge_stage_keeps_every_edge(planted_pruned
     assert res.removal_effects and res.removal_effects == removal_effects_of(res.evaluate, res.gates, {})
 
 
-def test_finishing_from_trained_gates_trains_nothing_and_gives_the_same_circuit(planted_pruned, tmp_path):
+def test_finishing_from_trained_gates_trains_nothing_and_gives_the_same_circuit(planted_pruned):
     """prune(trained=mask) (the search finishing an earlier trial) starts the bisection, clean-up and edge
     stage from that mask's ranking: the same circuit as the run that trained it, no mask-training history."""
     model, res = planted_pruned

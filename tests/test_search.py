@@ -9,30 +9,23 @@ import sparsecircuits.circuits.search as search_mod
 from sparsecircuits.circuits.prune import PruneConfig
 
 
+def trial(k: int, loss: float = 0.1, bisected: int | None = None, mask=None, history=None) -> SimpleNamespace:
+    """What the search reads of a PruneResult: k nodes (`bisected` before the clean-up, default k)."""
+    stages = {"bisection": {"nodes": k if bisected is None else bisected}}
+    return SimpleNamespace(
+        k=k, score=SimpleNamespace(loss=loss), seconds=0.0, stages=stages, mask=mask, history=history or []
+    )
+
+
 def fake_prune(calls: list, held: list | None = None):
     """A prune whose circuit size falls with k_coef and with more steps (a stand-in for mask training);
     `held` collects the held-out prompts each call got."""
 
-    def prune(
-        model,
-        means,
-        train,
-        evaluation,
-        cfg,
-        progress,
-        pretraining,
-        workers=1,
-        effects=True,
-        held_out=None,
-        trained=None,
-    ):
+    def prune(model, means, train, evaluation, cfg, *args, held_out=None, **kwargs):
         calls.append(cfg)
         if held is not None:
             held.append(held_out)
-        k = int(1000 / (1 + 1e4 * cfg.k_coef) / math.sqrt(cfg.steps))
-        return SimpleNamespace(
-            k=k, score=SimpleNamespace(loss=0.1), seconds=0.0, stages={"bisection": {"nodes": k}}, mask=None
-        )
+        return trial(int(1000 / (1 + 1e4 * cfg.k_coef) / math.sqrt(cfg.steps)))
 
     return prune
 
@@ -91,40 +84,14 @@ def test_a_shorter_trial_that_bisected_smaller_is_finished_and_can_win(monkeypat
     calls: list = []
     finished_from: list = []
 
-    def fake(
-        model,
-        means,
-        train,
-        evaluation,
-        cfg,
-        progress=True,
-        pretraining=None,
-        workers=1,
-        effects=True,
-        held_out=None,
-        trained=None,
-    ):
+    def fake(model, means, train, evaluation, cfg, *args, trained=None, **kwargs):
         calls.append(cfg)
         if trained is not None:  # finishing: the clean-up takes the bisection's 20 nodes to 12
             finished_from.append(trained)
-            return SimpleNamespace(
-                k=12,
-                score=SimpleNamespace(loss=0.12),
-                seconds=0.0,
-                stages={"bisection": {"nodes": 20}},
-                mask=trained,
-                history=[],
-            )
+            return trial(12, loss=0.12, bisected=20, mask=trained)
         strong = cfg.k_coef > 0.03
         k = (3000 if cfg.steps > 100 else 20) if strong else 60  # strong and long: every gate closed
-        return SimpleNamespace(
-            k=k,
-            score=SimpleNamespace(loss=0.1),
-            seconds=0.0,
-            stages={"bisection": {"nodes": k}},
-            mask=("gates", cfg.k_coef, cfg.steps),
-            history=[{"step": 0}],
-        )
+        return trial(k, mask=("gates", cfg.k_coef, cfg.steps), history=[{"step": 0}])
 
     monkeypatch.setattr(search_mod, "prune", fake)
     logs: list[str] = []
